@@ -1,0 +1,41 @@
+# Two entry points: `make ask` (set up and run the main job) and `make test`
+# (set up and run ruff, mypy and the tests). Both install into .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROMPT ?= Hello!
+export LANGSMITH_TRACING ?= false
+export LANGSMITH_TEST_TRACKING ?= false
+export LANGGRAPH_CLI_NO_ANALYTICS ?= 1
+export LANGGRAPH_NO_VERSION_CHECK ?= true
+
+.PHONY: ask dev test lint install install-test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[server]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+ask: install
+	$(BIN)/hybrid-router ask "$(PROMPT)"
+
+dev: install
+	$(BIN)/langgraph dev --no-browser --port $${PORT:-8123}
+
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest -q

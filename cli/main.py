@@ -1,0 +1,143 @@
+"""The ``hybrid-router`` command: ``ask`` runs the graph once, ``emulate`` serves an emulator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, cast
+
+from pydantic import ValidationError
+
+from state.errors import BadRequestError, RouterError
+from state.schemas import RouterInput
+
+DEFAULT_MODELS = (
+    "llama3.1-8b-instruct,llama3.1-70b-instruct-fp8,"
+    "llama-4-scout-17b-16e-instruct,llama-4-maverick-17b-128e-instruct-fp8"
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hybrid-router",
+        description="Route LLM chat requests between a serverless API and a GPU pool.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ask = commands.add_parser("ask", help="run the router graph once and print the answer")
+    ask.add_argument("prompt", help="the user message")
+    ask.add_argument("--system", help="an optional system message")
+    ask.add_argument("--max-tokens", type=int)
+    ask.add_argument("--temperature", type=float)
+    ask.add_argument("--model", help="a catalog model id, or 'auto' (default)")
+    ask.add_argument(
+        "--cost-priority", choices=["low_cost", "balanced", "performance", "latency_critical"]
+    )
+    ask.add_argument("--force-backend", choices=["serverless", "gpu"])
+    ask.add_argument("--user")
+    ask.add_argument("--json", action="store_true", help="print the whole result as JSON")
+
+    emulate = commands.add_parser(
+        "emulate", help="serve an OpenAI-compatible emulator (for development and tests)"
+    )
+    emulate.add_argument("--host", default="127.0.0.1")
+    emulate.add_argument("--port", type=int, required=True)
+    emulate.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated model ids")
+    emulate.add_argument("--ttft-ms", type=float, default=0.0, help="time to first token")
+    emulate.add_argument("--tpot-ms", type=float, default=0.0, help="time per output token")
+    emulate.add_argument("--fail-rate", type=float, default=0.0, help="share of failed requests")
+    emulate.add_argument("--fail-status", type=int, default=500, help="HTTP status of failures")
+    emulate.add_argument("--max-concurrency", type=int, default=0, help="0 = unlimited")
+    emulate.add_argument("--api-key", help="require this bearer key")
+    emulate.add_argument("--name", default="emulator", help="name shown in answers")
+    emulate.add_argument("--seed", type=int, help="seed of the failure draw")
+    return parser
+
+
+async def _ask(args: argparse.Namespace) -> dict[str, Any]:
+    from graphs.router import graph
+    from state.context import close_default_services
+
+    messages = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    messages.append({"role": "user", "content": args.prompt})
+    request: dict[str, Any] = {"messages": messages}
+    for key in ("max_tokens", "temperature", "model", "cost_priority", "force_backend", "user"):
+        value = getattr(args, key)
+        if value is not None:
+            request[key] = value
+    try:
+        return dict(await graph.ainvoke(cast(RouterInput, request)))
+    finally:
+        await close_default_services()
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    routing = result["routing"]
+    usage = result["usage"]
+    print(result["response"]["content"])
+    print()
+    print(f"backend:    {routing['backend']}  model: {routing['model']}")
+    print(f"reason:     {routing['reason']}")
+    complexity = routing["complexity"]
+    print(f"complexity: {complexity['level']} ({complexity['score']:.2f})")
+    for attempt in routing["attempts"]:
+        outcome = "ok" if attempt["status"] == "ok" else f"failed: {attempt['error']}"
+        took = f"{attempt['latency_ms']:.0f} ms"
+        print(f"attempt:    {attempt['backend']} {attempt['model']} ({took}) {outcome}")
+    print(
+        f"usage:      {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion "
+        f"= {usage['total_tokens']} tokens"
+    )
+    print(f"cost:       ${result['cost_usd']:.6f}")
+
+
+def _emulate(args: argparse.Namespace) -> None:
+    from backends.emulator import EmulatorConfig, run
+
+    config = EmulatorConfig(
+        models=[m.strip() for m in args.models.split(",") if m.strip()],
+        ttft_ms=args.ttft_ms,
+        tpot_ms=args.tpot_ms,
+        fail_rate=args.fail_rate,
+        fail_status=args.fail_status,
+        max_concurrency=args.max_concurrency,
+        api_key=args.api_key,
+        name=args.name,
+        seed=args.seed,
+    )
+    run(config, args.host, args.port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "emulate":
+            _emulate(args)
+            return 0
+        result = asyncio.run(_ask(args))
+    except ValidationError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+    except BadRequestError as error:
+        print(f"bad request: {error.message}", file=sys.stderr)
+        return 2
+    except RouterError as error:
+        print(f"error ({error.code}): {error.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        _print_result(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Choose serverless or gpu for the first attempt, and which backends may take a fallback."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from state.context import Context, Services, resolve_services
+from state.errors import NoBackendAvailableError
+from state.schemas import Backend, RouterState
+
+
+def serverless_bucket(request_id: str) -> float:
+    """Map a request id to a stable number in [0, 1) for the serverless share cap."""
+    return zlib.crc32(request_id.encode()) / 2**32
+
+
+def allowed_backends(state: RouterState, services: Services) -> tuple[list[Backend], list[str]]:
+    """Return the backends this request may use at all, and why the others may not."""
+    settings = services.settings
+    candidates = state["candidates"]
+    allowed: list[Backend] = []
+    why_not: list[str] = []
+    if "serverless" not in candidates:
+        why_not.append("no serverless model fits")
+    elif services.serverless is None:
+        why_not.append("no LAMBDA_API_KEY is set")
+    elif settings.disable_lambda_labs:
+        why_not.append("serverless is disabled (DISABLE_LAMBDA_LABS)")
+    elif settings.serverless_ratio <= 0:
+        why_not.append("SERVERLESS_RATIO is 0")
+    elif not state["budget"]["serverless_allowed"]:
+        why_not.append(state["budget"]["reason"])
+    else:
+        allowed.append("serverless")
+    if "gpu" not in candidates:
+        why_not.append("no GPU-pool model fits")
+    elif not services.gpu_pool:
+        why_not.append("no GPU_ENDPOINTS are set")
+    else:
+        allowed.append("gpu")
+    return allowed, why_not
+
+
+def decide_backend(
+    state: RouterState, services: Services, allowed: list[Backend], why_not: list[str]
+) -> tuple[Backend, str]:
+    """Return the backend of the first attempt and a short human reason."""
+    forced = state.get("force_backend")
+    if forced:
+        if forced not in allowed:
+            raise NoBackendAvailableError(
+                f"force_backend={forced} but that backend may not serve this request "
+                f"({'; '.join(why_not)}); drop force_backend or change the configuration"
+            )
+        return forced, f"{forced} forced by the caller"
+    if not allowed:
+        raise NoBackendAvailableError(
+            f"no backend may serve this request ({'; '.join(why_not)}); "
+            "set LAMBDA_API_KEY or GPU_ENDPOINTS"
+        )
+    if len(allowed) == 1:
+        only = allowed[0]
+        return only, f"{only} is the only backend allowed ({'; '.join(why_not)})"
+
+    catalog = services.catalog
+    candidates = state["candidates"]
+    gpu_model = catalog.by_id[candidates["gpu"]]
+    serverless_model = catalog.by_id[candidates["serverless"]]
+    pool = services.gpu_pool
+    ratio = services.settings.serverless_ratio
+    may_overflow = serverless_bucket(state.get("request_id") or "") < ratio
+
+    if pool.pick(gpu_model.served_name("gpu")) is None:
+        return "serverless", "every GPU endpoint is down or cooling off"
+    if serverless_model.tier > gpu_model.tier and may_overflow:
+        return "serverless", (
+            f"{serverless_model.id} (tier {serverless_model.tier}) beats the GPU pool's "
+            f"{gpu_model.id} (tier {gpu_model.tier}) for this request"
+        )
+    if pool.has_spare_capacity(gpu_model.served_name("gpu")):
+        return "gpu", "the GPU pool has spare capacity and is already paid for"
+    if may_overflow:
+        return "serverless", "the GPU pool is busy; overflow to serverless"
+    return "gpu", f"the GPU pool is busy but serverless is capped at {ratio:.0%} of traffic"
+
+
+async def choose_backend(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Choose the first backend to try."""
+    services = await resolve_services(runtime.context)
+    services.gpu_pool.ensure_probing()
+    allowed, why_not = allowed_backends(state, services)
+    backend, reason = decide_backend(state, services, allowed, why_not)
+    return {"backend": backend, "backend_reason": reason, "allowed_backends": allowed}

@@ -1,0 +1,107 @@
+"""Typed errors: a caller can tell its own mistake, a budget refusal and an outage apart.
+
+Every error says what went wrong and what to do next, and carries the HTTP
+status and OpenAI-style error code the gateway answers with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RouterError(RuntimeError):
+    """Base class of the errors the router raises to its callers.
+
+    A ``RuntimeError`` (and a bad request a ``ValueError``) so the LangGraph
+    server shows the message to API callers instead of masking it; messages
+    never hold secrets.
+    """
+
+    status_code = 500
+    code = "router_error"
+    error_type = "server_error"
+
+    def __init__(self, message: str) -> None:
+        """Keep the human message."""
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the OpenAI-style error body."""
+        return {"message": self.message, "type": self.error_type, "code": self.code}
+
+
+class BadRequestError(RouterError, ValueError):
+    """The request itself is wrong: fix it and send it again."""
+
+    status_code = 400
+    code = "invalid_request"
+    error_type = "invalid_request_error"
+
+
+class PromptTooLargeError(BadRequestError):
+    """The prompt plus the requested output fits no model's context window."""
+
+    code = "context_length_exceeded"
+
+
+class BudgetExceededError(RouterError):
+    """Serving the request would spend past a budget, and policy says refuse."""
+
+    status_code = 402
+    code = "budget_exceeded"
+    error_type = "budget_error"
+
+    def __init__(
+        self, message: str, *, remaining_usd: float | None = None, resets_at: str | None = None
+    ) -> None:
+        """Keep what remains of the budget and when it resets."""
+        super().__init__(message)
+        self.remaining_usd = remaining_usd
+        self.resets_at = resets_at
+
+
+class NoBackendAvailableError(RouterError):
+    """No backend may serve the request under the current configuration."""
+
+    status_code = 503
+    code = "no_backend_available"
+
+
+class BackendError(Exception):
+    """One call to one backend failed (raised inside the generate nodes)."""
+
+    def __init__(
+        self,
+        backend: str,
+        model: str,
+        message: str,
+        *,
+        status: int | None = None,
+        transient: bool = False,
+    ) -> None:
+        """Describe the failed call without any secret."""
+        super().__init__(f"{backend} ({model}): {message}")
+        self.backend = backend
+        self.model = model
+        self.status = status
+        self.transient = transient
+        self.detail = message
+
+
+class AllBackendsFailedError(RouterError):
+    """Every backend the request was allowed to use failed."""
+
+    status_code = 502
+    code = "all_backends_failed"
+
+    def __init__(self, attempts: list[dict[str, Any]]) -> None:
+        """Name each backend's failure."""
+        failures = "; ".join(
+            f"{a['backend']} ({a['model']}): {a.get('error') or 'failed'}" for a in attempts
+        )
+        super().__init__(
+            f"every backend failed: {failures or 'no backend was tried'}. "
+            "Retry later, or check the backends' health (GET /health)."
+        )
+        self.attempts = attempts

@@ -1,0 +1,170 @@
+"""Process-wide configuration, read from the environment and a ``.env`` file.
+
+The environment variable names are part of the contract with users of the
+earlier setup (``LAMBDA_API_KEY``, ``GPU_ENDPOINTS``, ``SERVERLESS_RATIO``, ...).
+Settings are read once per process (:func:`get_settings`) and never per request.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite:///./data/router.db"
+
+OverBudgetPolicy = Literal["gpu", "downgrade", "reject"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the router, with the environment variable that sets it."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    lambda_api_key: SecretStr | None = Field(
+        default=None,
+        description="API key of the serverless API (Lambda's Inference API by default).",
+    )
+    lambda_api_base: str = Field(
+        default="https://api.lambda.ai/v1",
+        description="Base URL of the OpenAI-compatible serverless API.",
+    )
+    gpu_endpoints: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated base URLs of the vLLM GPU servers, e.g. http://10.0.0.5:8000/v1.",
+    )
+    gpu_api_key: SecretStr | None = Field(
+        default=None, description="API key the vLLM servers expect (their --api-key), if any."
+    )
+    serverless_ratio: float = Field(
+        default=0.8,
+        ge=0.0,
+        le=1.0,
+        description="Largest share of traffic that may go to serverless (0 sends all to GPU).",
+    )
+    disable_lambda_labs: bool = Field(
+        default=False, description="True: never use the serverless API."
+    )
+    lambda_daily_budget: float = Field(
+        default=50.0, ge=0.0, description="Daily serverless budget in USD."
+    )
+    lambda_monthly_budget: float = Field(
+        default=1000.0, ge=0.0, description="Monthly serverless budget in USD."
+    )
+    over_budget_policy: OverBudgetPolicy = Field(
+        default="gpu",
+        description="What an over-budget request does: gpu, downgrade or reject.",
+    )
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL of the ledger (SQLite file by default, PostgreSQL at scale).",
+    )
+    gpu_instance_type: str = Field(default="gh200", description="GPU instance type of the pool.")
+    gpu_hourly_cost_usd: float = Field(
+        default=1.49, ge=0.0, description="Cost of one GPU instance per hour, USD."
+    )
+    gpu_concurrency_per_endpoint: int = Field(
+        default=16,
+        ge=1,
+        description="Requests one GPU endpoint takes (running + waiting) before it counts as busy.",
+    )
+    gpu_cooldown_s: float = Field(
+        default=30.0, ge=0.0, description="Seconds a failed GPU endpoint is skipped."
+    )
+    gpu_health_interval_s: float = Field(
+        default=5.0, gt=0.0, description="Seconds between health and load probes of the pool."
+    )
+    default_max_tokens: int = Field(
+        default=1024,
+        ge=1,
+        description="Output cap sent to the backend when the caller gives no max_tokens.",
+    )
+    request_timeout_s: float = Field(
+        default=120.0, gt=0.0, description="Timeout of one backend call, seconds."
+    )
+    connect_timeout_s: float = Field(
+        default=5.0, gt=0.0, description="Timeout to connect to a backend, seconds."
+    )
+    emulator_ttft_ms: float = Field(
+        default=40.0, ge=0.0, description="Time to first token of the built-in emulators."
+    )
+    emulator_tpot_ms: float = Field(
+        default=4.0, ge=0.0, description="Time per output token of the built-in emulators."
+    )
+
+    @field_validator("gpu_endpoints", mode="before")
+    @classmethod
+    def _split_endpoints(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("gpu_endpoints")
+    @classmethod
+    def _check_endpoints(cls, value: list[str]) -> list[str]:
+        for url in value:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(
+                    f"GPU_ENDPOINTS entry {url!r} is not an http(s) URL; "
+                    "give base URLs such as http://10.0.0.5:8000/v1, comma-separated"
+                )
+        return [url.rstrip("/") for url in value]
+
+    @field_validator("lambda_api_base")
+    @classmethod
+    def _check_api_base(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(
+                f"LAMBDA_API_BASE {value!r} is not an http(s) URL; e.g. https://api.lambda.ai/v1"
+            )
+        return value.rstrip("/")
+
+    @field_validator("lambda_api_key", "gpu_api_key", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @property
+    def emulated(self) -> bool:
+        """True when neither a serverless key nor GPU endpoints are configured."""
+        return self.lambda_api_key is None and not self.gpu_endpoints
+
+    @property
+    def async_database_url(self) -> str:
+        """Return the ledger URL with an async driver (aiosqlite or asyncpg)."""
+        url = self.database_url
+        for prefix, driver in (
+            ("sqlite://", "sqlite+aiosqlite://"),
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("postgres://", "postgresql+asyncpg://"),
+        ):
+            if url.startswith(prefix):
+                return driver + url[len(prefix) :]
+        return url
+
+    def sqlite_path(self) -> Path | None:
+        """Return the SQLite file of the ledger, or None for other databases."""
+        url = self.async_database_url
+        prefix = "sqlite+aiosqlite:///"
+        if not url.startswith(prefix) or url.endswith(":memory:"):
+            return None
+        return Path(url[len(prefix) :])
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Return the process's settings, read once."""
+    return Settings()

@@ -1,0 +1,88 @@
+"""Shared fixtures: emulators over real HTTP, and services wired to them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("LANGSMITH_TRACING", "false")
+os.environ.setdefault("LANGSMITH_TEST_TRACKING", "false")
+
+from backends.emulator import EmulatorConfig, serve_emulator  # noqa: E402
+
+from backends.catalog import get_catalog  # noqa: E402
+from state.context import Context, Services, build_services  # noqa: E402
+from state.settings import Settings  # noqa: E402
+
+SERVERLESS_MODELS = [m.id for m in get_catalog().offered("serverless")]
+GPU_MODELS = [m.served_name("gpu") for m in get_catalog().offered("gpu")]
+TEST_KEY = "sk-test-serverless-key-0123456789"
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "lambda_api_key": TEST_KEY,
+        "database_url": f"sqlite:///{tmp_path}/ledger.db",
+        "gpu_health_interval_s": 60.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+class Harness:
+    """Two emulators (serverless and GPU) and a way to build services on them."""
+
+    def __init__(self, tmp_path: Path, stack: AsyncExitStack) -> None:
+        self.tmp_path = tmp_path
+        self.stack = stack
+        self.serverless_url = ""
+        self.gpu_url = ""
+        self._emulators: dict[str, AsyncExitStack] = {}
+
+    async def start(self, which: str, **config: Any) -> str:
+        models = SERVERLESS_MODELS if which == "serverless" else GPU_MODELS
+        emulator_stack = AsyncExitStack()
+        url = await emulator_stack.enter_async_context(
+            serve_emulator(EmulatorConfig(name=which, models=models, **config))
+        )
+        self._emulators[which] = emulator_stack
+        self.stack.push_async_callback(emulator_stack.aclose)
+        setattr(self, f"{which}_url", url)
+        return url
+
+    async def stop(self, which: str) -> None:
+        await self._emulators.pop(which).aclose()
+
+    async def services(self, **overrides: Any) -> Services:
+        values: dict[str, Any] = {
+            "lambda_api_base": self.serverless_url or "http://127.0.0.1:9/v1",
+            "gpu_endpoints": [self.gpu_url] if self.gpu_url else [],
+        }
+        values.update(overrides)
+        services = await build_services(make_settings(self.tmp_path, **values))
+        self.stack.push_async_callback(services.aclose)
+        return services
+
+    async def context(self, **overrides: Any) -> Context:
+        return Context(services=await self.services(**overrides))
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    async with AsyncExitStack() as stack:
+        yield Harness(tmp_path, stack)
+
+
+@pytest.fixture
+async def both_up(harness: Harness) -> Harness:
+    await harness.start("serverless", api_key=TEST_KEY)
+    await harness.start("gpu")
+    return harness
+
+
+Invoke = Callable[..., Awaitable[dict[str, Any]]]

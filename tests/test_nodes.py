@@ -1,0 +1,153 @@
+"""Unit tests of the nodes' decisions: no network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backends.catalog import Catalog, get_catalog, load_catalog
+from backends.gpu_pool import _parse_gauges
+from backends.tokens import count_message_tokens, count_text_tokens
+from nodes.analyze_complexity import (
+    HIGH_THRESHOLD,
+    complexity_level,
+    complexity_score,
+    score_features,
+)
+from nodes.check_budget import next_reset, over_budget
+from nodes.choose_backend import serverless_bucket
+from nodes.fallback import next_backend
+from nodes.select_model import pick_model, required_tier
+from state.ledger import Spend
+
+
+def score(text: str, max_tokens: int | None = None) -> float:
+    messages = [{"role": "user", "content": text}]
+    return complexity_score(score_features(messages, count_message_tokens(messages), max_tokens))
+
+
+def test_complexity_grows_with_what_the_request_asks():
+    greeting = score("Hello!")
+    code = score("Write a python function `def parse(x):` that parses dates, with unit tests.")
+    analysis = score(
+        "Analyze and compare three architectures step by step. First evaluate cost, "
+        "then assess latency, finally recommend one and justify it in a table.\n"
+        "1. cost\n2. latency\n3. risk"
+    )
+    assert greeting < 0.1
+    assert greeting < code < analysis
+    assert complexity_level(analysis) == "high"
+    assert complexity_level(greeting) == "low"
+
+
+def test_complexity_counts_requested_output_and_length():
+    assert score("Tell me a story.", max_tokens=4000) > score("Tell me a story.")
+    assert score("word " * 3000) > score("word " * 30)
+
+
+def test_level_thresholds():
+    assert complexity_level(HIGH_THRESHOLD) == "high"
+    assert complexity_level(HIGH_THRESHOLD - 0.01) == "medium"
+    assert complexity_level(0.0) == "low"
+
+
+@pytest.mark.parametrize(
+    "level, priority, tier",
+    [
+        ("low", "balanced", 1),
+        ("medium", "balanced", 2),
+        ("high", "balanced", 3),
+        ("high", "low_cost", 2),
+        ("low", "low_cost", 1),
+        ("low", "performance", 2),
+        ("high", "performance", 3),
+        ("medium", "latency_critical", 1),
+        ("high", "latency_critical", 2),
+    ],
+)
+def test_required_tier(level, priority, tier):
+    assert required_tier(level, priority) == tier
+
+
+def test_pick_model_prefers_cheapest_of_tier_and_checks_context():
+    catalog = get_catalog()
+    assert pick_model(catalog, "serverless", 2, 100, 100).id == "llama-4-scout-17b-16e-instruct"
+    # Scout's window is 16k: a 20k prompt moves to a model that fits
+    bigger = pick_model(catalog, "serverless", 2, 20_000, 1000)
+    assert bigger is not None and bigger.context_window >= 21_000
+    # the GPU pool has no tier-3 model: best that fits
+    assert pick_model(catalog, "gpu", 3, 100, 100).id == "llama3.1-70b-instruct-fp8"
+    assert pick_model(catalog, "gpu", 1, 200_000, 10) is None
+
+
+def test_catalog_prices_and_validation(tmp_path: Path):
+    catalog = get_catalog()
+    small = catalog.by_id["llama3.1-8b-instruct"]
+    assert small.cost_usd(1_000_000, 1_000_000) == pytest.approx(
+        small.input_usd_per_mtok + small.output_usd_per_mtok
+    )
+    assert catalog.prices_read_on
+    bad = tmp_path / "models.toml"
+    bad.write_text(
+        'prices_read_on = "x"\nprices_source = "x"\ndefault_serverless_model = "a"\n'
+        '[[models]]\nid = "a"\ninput_usd_per_mtok = -1\noutput_usd_per_mtok = 1\n'
+        "context_window = 10\ntier = 1\nserverless = true\ngpu = false\n"
+    )
+    with pytest.raises(ValueError, match="input_usd_per_mtok"):
+        load_catalog(bad)
+    assert isinstance(catalog, Catalog)
+
+
+def test_token_counts_are_stable_and_offline():
+    assert count_text_tokens("") == 0
+    assert count_text_tokens("Hello world") == 2
+    # special-token markers in user text count as text, never as control tokens
+    assert count_text_tokens("<|endoftext|>") > 1
+    one = count_message_tokens([{"role": "user", "content": "Hello world"}])
+    two = count_message_tokens(
+        [{"role": "user", "content": "Hello world"}, {"role": "assistant", "content": "Hi"}]
+    )
+    assert two > one > 2
+
+
+def test_budget_arithmetic():
+    spend = Spend(today_usd=9.0, month_usd=100.0)
+    assert over_budget(spend, 0.5, daily=10, monthly=1000) is None
+    assert "daily" in over_budget(spend, 1.5, daily=10, monthly=1000)
+    assert "monthly" in over_budget(spend, 0.5, daily=100, monthly=100.1)
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 12, 31, 15, 0, tzinfo=UTC)
+    assert next_reset(now, daily_broken=True) == datetime(2027, 1, 1, tzinfo=UTC)
+    assert next_reset(datetime(2026, 11, 5, tzinfo=UTC), daily_broken=False) == datetime(
+        2026, 12, 1, tzinfo=UTC
+    )
+
+
+def test_serverless_bucket_is_uniform_enough():
+    import uuid
+
+    buckets = [serverless_bucket(uuid.uuid4().hex) for _ in range(5000)]
+    assert all(0 <= b < 1 for b in buckets)
+    share = sum(b < 0.8 for b in buckets) / len(buckets)
+    assert 0.76 < share < 0.84
+    assert serverless_bucket("abc") == serverless_bucket("abc")
+
+
+def test_next_backend_respects_allowed_and_tried():
+    state = {"allowed_backends": ["serverless", "gpu"], "attempts": []}
+    assert next_backend(state, "serverless") == "gpu"
+    assert next_backend({**state, "allowed_backends": ["gpu"]}, "gpu") is None
+    tried = {**state, "attempts": [{"backend": "gpu", "status": "failed"}]}
+    assert next_backend(tried, "serverless") is None
+
+
+def test_vllm_gauges_are_parsed():
+    text = (
+        "# HELP vllm:num_requests_running x\n"
+        'vllm:num_requests_running{model_name="a"} 3.0\n'
+        'vllm:num_requests_waiting{model_name="a"} 2.0\n'
+        'vllm:num_requests_running{model_name="b"} 1.0\n'
+    )
+    assert _parse_gauges(text) == (4, 2)
