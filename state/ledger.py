@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    bindparam,
     event,
     func,
     insert,
@@ -58,6 +59,19 @@ class UsageRecord(Base):
 
 
 _COLUMNS = [c for c in UsageRecord.__table__.columns if c.key != "id"]
+
+# Statements are built once per process; SQLAlchemy caches their compiled form.
+_INSERT_USAGE = insert(UsageRecord)
+_SERVERLESS_SPEND = select(
+    func.coalesce(
+        func.sum(UsageRecord.cost_usd).filter(UsageRecord.created_at >= bindparam("day_start")),
+        0.0,
+    ),
+    func.coalesce(func.sum(UsageRecord.cost_usd), 0.0),
+).where(
+    UsageRecord.backend == "serverless",
+    UsageRecord.created_at >= bindparam("month_start"),
+)
 
 
 @dataclass(slots=True)
@@ -112,7 +126,7 @@ class Ledger:
         await self.ensure_schema()
         values = {c.key: getattr(row, c.key) for c in _COLUMNS}
         async with self.engine.begin() as conn:
-            await conn.execute(insert(UsageRecord).values(**values))
+            await conn.execute(_INSERT_USAGE, values)
 
     async def serverless_spend(self, now: datetime) -> Spend:
         """Return the serverless spend of the calendar day and month (UTC) of ``now``."""
@@ -120,14 +134,9 @@ class Ledger:
         now = now.astimezone(UTC)
         day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
         month_start = day_start.replace(day=1)
-        cost = UsageRecord.cost_usd
-        in_day = UsageRecord.created_at >= day_start
-        query = select(
-            func.coalesce(func.sum(cost).filter(in_day), 0.0),
-            func.coalesce(func.sum(cost), 0.0),
-        ).where(UsageRecord.backend == "serverless", UsageRecord.created_at >= month_start)
+        params = {"day_start": day_start, "month_start": month_start}
         async with self.engine.connect() as conn:
-            today, month = (await conn.execute(query)).one()
+            today, month = (await conn.execute(_SERVERLESS_SPEND, params)).one()
         return Spend(today_usd=float(today), month_usd=float(month))
 
     async def rows(self, limit: int = 100) -> list[UsageRecord]:

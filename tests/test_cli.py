@@ -1,0 +1,130 @@
+"""The hybrid-router command: ask (emulated default and configured backends) and emulate."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+BIN = Path(sys.executable).parent / "hybrid-router"
+
+
+def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"LAMBDA_API_KEY", "GPU_ENDPOINTS", "DATABASE_URL", "LAMBDA_API_BASE"}
+    }
+    env.update(DATABASE_URL=f"sqlite:///{tmp_path}/ledger.db", EMULATOR_TTFT_MS="0", **extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ask_runs_on_emulators_when_nothing_is_configured(tmp_path: Path):
+    done = subprocess.run(
+        [str(BIN), "ask", "Hello!", "--json"],
+        env=clean_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "using two local emulators" in done.stderr
+    result = json.loads(done.stdout)
+    assert "emulator" in result["response"]["content"]
+    assert result["routing"]["model"] == "llama3.1-8b-instruct"
+    assert (tmp_path / "ledger.db").exists()
+
+
+def test_ask_prints_routing_usage_and_cost(tmp_path: Path):
+    done = subprocess.run(
+        [str(BIN), "ask", "Hello!", "--force-backend", "serverless"],
+        env=clean_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    for label in (
+        "backend:    serverless",
+        "reason:",
+        "complexity: low",
+        "usage:",
+        "cost:       $",
+    ):
+        assert label in done.stdout
+    assert "$0.000000" not in done.stdout  # serverless has a price
+
+
+def test_bad_input_and_bad_configuration_give_clear_errors(tmp_path: Path):
+    empty = subprocess.run(
+        [str(BIN), "ask", "   "],
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert empty.returncode == 2
+    assert "bad request" in empty.stderr and "at least one message" in empty.stderr
+    bad = subprocess.run(
+        [str(BIN), "ask", "Hello!"],
+        env=clean_env(tmp_path, GPU_ENDPOINTS="not-a-url", SERVERLESS_RATIO="2"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2
+    assert "GPU_ENDPOINTS entry 'not-a-url'" in bad.stderr
+    assert "serverless_ratio" in bad.stderr
+
+
+def test_emulate_command_serves_and_ask_uses_configured_backends(tmp_path: Path):
+    port = free_port()
+    emulator = subprocess.Popen(
+        [str(BIN), "emulate", "--port", str(port), "--name", "standalone", "--api-key", "k-123"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        url = f"http://127.0.0.1:{port}/v1"
+        done = subprocess.run(
+            [str(BIN), "ask", "Hello!", "--json"],
+            env=clean_env(
+                tmp_path,
+                LAMBDA_API_KEY="k-123",
+                GPU_API_KEY="k-123",
+                LAMBDA_API_BASE=url,
+                GPU_ENDPOINTS=url,
+                SERVERLESS_RATIO="1",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "local emulators" not in done.stderr
+        assert "standalone" in json.loads(done.stdout)["response"]["content"]
+    finally:
+        emulator.terminate()
+        emulator.wait(timeout=10)
