@@ -72,7 +72,8 @@ async def test_greeting_goes_to_a_small_model(both_up: Harness):
 
 
 async def test_long_analysis_gets_higher_complexity_and_larger_model(both_up: Harness):
-    context = await both_up.context()
+    # ratio 1: no request falls outside the serverless share
+    context = await both_up.context(serverless_ratio=1.0)
     greeting = await graph.ainvoke(GREETING, context=context)
     analysis = await graph.ainvoke(ANALYSIS, context=context)
 
@@ -92,7 +93,7 @@ async def test_long_analysis_gets_higher_complexity_and_larger_model(both_up: Ha
 async def test_serverless_answering_500_falls_back_to_gpu(harness: Harness):
     await harness.start("serverless", fail_rate=1.0, fail_status=500)
     await harness.start("gpu")
-    context = await harness.context()
+    context = await harness.context(serverless_ratio=1.0)
     result = await graph.ainvoke(ANALYSIS, context=context)
 
     attempts = result["routing"]["attempts"]
@@ -307,3 +308,18 @@ async def test_streaming_writes_tokens_to_the_custom_stream(both_up: Harness):
     assert len(tokens) > 3
     assert "".join(tokens) == final["response"]["content"]
     assert final["usage"]["completion_tokens"] > 0
+
+
+async def test_serverless_share_is_capped_by_the_ratio(both_up: Harness):
+    from nodes.choose_backend import serverless_bucket
+
+    context = await both_up.context(serverless_ratio=0.5)
+    outcomes = []
+    for i in range(40):
+        request_id = f"cap-{i}"
+        result = await graph.ainvoke({**ANALYSIS, "request_id": request_id}, context=context)
+        expected = "serverless" if serverless_bucket(request_id) < 0.5 else "gpu"
+        outcomes.append((result["routing"]["backend"], expected))
+    assert all(got == want for got, want in outcomes)
+    share = sum(got == "serverless" for got, _ in outcomes) / len(outcomes)
+    assert 0.2 < share < 0.8
