@@ -1,4 +1,11 @@
-"""Price the request, write its ledger row, and fail loudly when no backend answered."""
+"""Price the request, settle its reservation with its ledger row, and raise alerts.
+
+Serverless requests cost their tokens at the catalog's prices. GPU requests
+record their share of the pool's instance cost by GPU-seconds: the time the
+request held an endpoint, at ``GPU_HOURLY_COST_USD``, divided by the
+``GPU_CONCURRENCY_PER_ENDPOINT`` requests an instance serves at once. Idle
+instance time is nobody's request; reports show it as the pool's idle cost.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,10 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from state.context import Context, resolve_services
+from state.context import Context, Services, resolve_services
 from state.errors import AllBackendsFailedError
 from state.ledger import UsageRecord
-from state.schemas import RouterState, Routing
+from state.schemas import Attempt, RouterState, Routing, Usage
 
 
 def routing_reason(state: RouterState) -> str:
@@ -28,39 +35,57 @@ def routing_reason(state: RouterState) -> str:
     return reason
 
 
+def request_cost(
+    services: Services, answered: Attempt | None, usage: Usage | None
+) -> tuple[float, float]:
+    """Return the request's cost in USD and the GPU-seconds it used."""
+    if answered is None or usage is None:
+        return 0.0, 0.0
+    if answered["backend"] == "serverless":
+        model = services.catalog.by_id[answered["model"]]
+        return model.cost_usd(usage["prompt_tokens"], usage["completion_tokens"]), 0.0
+    settings = services.settings
+    gpu_seconds = answered["latency_ms"] / 1000
+    share = gpu_seconds * settings.gpu_hourly_cost_usd / 3600
+    return share / settings.gpu_concurrency_per_endpoint, gpu_seconds
+
+
 async def track_usage(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Record the request in the ledger; raise the typed error if every backend failed."""
     services = await resolve_services(runtime.context)
     attempts = state.get("attempts", [])
     answered = next((a for a in reversed(attempts) if a["status"] == "ok"), None)
-    usage = state.get("usage")
-    cost = 0.0
-    if answered is not None and usage is not None and answered["backend"] == "serverless":
-        # GPU requests cost nothing more per request: the pool is paid by the hour.
-        model = services.catalog.by_id[answered["model"]]
-        cost = model.cost_usd(usage["prompt_tokens"], usage["completion_tokens"])
+    usage = state.get("usage") if answered else None
+    cost, gpu_seconds = request_cost(services, answered, usage)
     reason = routing_reason(state)
     complexity = state["complexity"]
     failures = [a for a in attempts if a["status"] == "failed"]
-    await services.ledger.record(
-        UsageRecord(
-            created_at=services.clock(),
-            request_id=state["request_id"],
-            user=state.get("user"),
-            backend=answered["backend"] if answered else None,
-            model=answered["model"] if answered else (attempts[-1]["model"] if attempts else None),
-            prompt_tokens=usage["prompt_tokens"] if usage and answered else 0,
-            completion_tokens=usage["completion_tokens"] if usage and answered else 0,
-            cost_usd=cost,
-            latency_ms=round((time.time() - state["started_at"]) * 1000, 3),
-            status="ok" if answered else "failed",
-            routing_reason=reason,
-            complexity_score=complexity["score"],
-            complexity_level=complexity["level"],
-            fallbacks=len(failures) if answered else max(len(failures) - 1, 0),
-            error="; ".join(f"{a['backend']}: {a['error']}" for a in failures) or None,
-        )
+    row = UsageRecord(
+        created_at=services.clock(),
+        request_id=state["request_id"],
+        user=state.get("user"),
+        team=state.get("team"),
+        backend=answered["backend"] if answered else None,
+        model=answered["model"] if answered else (attempts[-1]["model"] if attempts else None),
+        prompt_tokens=usage["prompt_tokens"] if usage else 0,
+        completion_tokens=usage["completion_tokens"] if usage else 0,
+        cost_usd=cost,
+        gpu_seconds=gpu_seconds,
+        latency_ms=round((time.time() - state["started_at"]) * 1000, 3),
+        status="ok" if answered else "failed",
+        routing_reason=reason,
+        complexity_score=complexity["score"],
+        complexity_level=complexity["level"],
+        fallbacks=len(failures) if answered else max(len(failures) - 1, 0),
+        error="; ".join(f"{a['backend']}: {a['error']}" for a in failures) or None,
     )
+    reservation = state.get("reservation")
+    if reservation is not None:
+        serverless_cost = cost if answered and answered["backend"] == "serverless" else 0.0
+        crossings = await services.budgets.settle(reservation["id"], serverless_cost, row)
+        services.alerts.notify(crossings)
+    else:
+        await services.ledger.record(row)
     if answered is None:
         raise AllBackendsFailedError([dict(a) for a in attempts])
     routing: Routing = {

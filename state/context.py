@@ -26,6 +26,8 @@ from backends.catalog import Catalog, get_catalog
 from backends.gpu_pool import GpuPool
 from backends.openai_compat import OpenAICompatClient
 from backends.tokens import warm_tokenizer
+from backends.webhook import AlertNotifier
+from state.budgets import BudgetBook
 from state.ledger import Ledger, build_engine
 from state.settings import Settings, get_settings
 
@@ -47,12 +49,15 @@ class Services:
     serverless: OpenAICompatClient | None
     gpu_pool: GpuPool
     ledger: Ledger
+    budgets: BudgetBook
+    alerts: AlertNotifier
     clock: Callable[[], datetime] = utc_now
     emulated: bool = False
     _exit_stack: contextlib.AsyncExitStack | None = None
 
     async def aclose(self) -> None:
         """Close clients, the probe task, emulators and the engine."""
+        await self.alerts.drain()
         await self.gpu_pool.aclose()
         await self.http.aclose()
         await self.ledger.aclose()
@@ -135,13 +140,17 @@ async def build_services(
         cooldown_s=settings.gpu_cooldown_s,
         probe_interval_s=settings.gpu_health_interval_s,
     )
+    if ledger is None:
+        ledger = Ledger(await asyncio.to_thread(build_engine, settings), settings)
     return Services(
         settings=settings,
         catalog=catalog,
         http=http,
         serverless=serverless,
         gpu_pool=pool,
-        ledger=ledger or Ledger(await asyncio.to_thread(build_engine, settings)),
+        ledger=ledger,
+        budgets=BudgetBook(ledger, settings, clock),
+        alerts=AlertNotifier(http, settings.alert_webhook_url, ledger),
         clock=clock,
         emulated=emulated,
         _exit_stack=stack,

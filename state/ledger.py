@@ -1,25 +1,29 @@
-"""The ledger: one row per request, the record of tokens, cost and latency.
+"""The ledger: the product's record of money, in SQLAlchemy 2 (async).
 
-SQLAlchemy 2 with async drivers (aiosqlite by default, asyncpg for
-PostgreSQL). The engine is built once per process and event loop; the schema
-is created on first use of the embedded default.
+Tables: one ``usage_records`` row per request; ``budget_counters`` with the
+committed and reserved spend of every budget window; ``reservations`` held by
+requests in flight; ``budgets`` set through the API; ``alerts`` raised; and
+``routing_overrides``. The schema is created and upgraded by the Alembic
+migrations in ``state/migrations`` (``hybrid-router migrate``), applied
+automatically on first use unless ``AUTO_MIGRATE=false``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     DateTime,
     Float,
+    Index,
     Integer,
     String,
     Text,
-    bindparam,
+    UniqueConstraint,
     event,
-    func,
     insert,
     select,
 )
@@ -39,16 +43,19 @@ class UsageRecord(Base):
     """One request: who asked, where it went, what it cost, how it ended."""
 
     __tablename__ = "usage_records"
+    __table_args__ = (Index("ix_usage_records_created_at", "created_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     request_id: Mapped[str] = mapped_column(String(64), unique=True)
     user: Mapped[str | None] = mapped_column(String(128), index=True)
+    team: Mapped[str | None] = mapped_column(String(128))
     backend: Mapped[str | None] = mapped_column(String(16))
     model: Mapped[str | None] = mapped_column(String(128))
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     status: Mapped[str] = mapped_column(String(16))
     routing_reason: Mapped[str] = mapped_column(Text, default="")
@@ -58,34 +65,96 @@ class UsageRecord(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
-_COLUMNS = [c for c in UsageRecord.__table__.columns if c.key != "id"]
+class BudgetCounter(Base):
+    """Committed and reserved serverless spend of one budget in one calendar window."""
 
-# Statements are built once per process; SQLAlchemy caches their compiled form.
-_INSERT_USAGE = insert(UsageRecord)
-_SERVERLESS_SPEND = select(
-    func.coalesce(
-        func.sum(UsageRecord.cost_usd).filter(UsageRecord.created_at >= bindparam("day_start")),
-        0.0,
-    ),
-    func.coalesce(func.sum(UsageRecord.cost_usd), 0.0),
-).where(
-    UsageRecord.backend == "serverless",
-    UsageRecord.created_at >= bindparam("month_start"),
-)
+    __tablename__ = "budget_counters"
+    __table_args__ = (UniqueConstraint("scope", "scope_key", "period", "window_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(8))  # global | user | team
+    scope_key: Mapped[str] = mapped_column(String(128))  # "" for global
+    period: Mapped[str] = mapped_column(String(8))  # day | month
+    window_key: Mapped[str] = mapped_column(String(10))  # 2026-11-23 | 2026-11
+    committed_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    reserved_usd: Mapped[float] = mapped_column(Float, default=0.0)
 
 
-@dataclass(slots=True)
-class Spend:
-    """Serverless spend so far in the current day and month, USD."""
+class Reservation(Base):
+    """The worst-case cost a request in flight holds against its budgets."""
 
-    today_usd: float
-    month_usd: float
+    __tablename__ = "reservations"
+    __table_args__ = (Index("ix_reservations_status_expires", "status", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    amount_usd: Mapped[float] = mapped_column(Float)
+    counter_ids: Mapped[list[Any]] = mapped_column(JSON)  # [[counter id, limit], ...]
+    status: Mapped[str] = mapped_column(String(10))  # active | settled | released | expired
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    settled_usd: Mapped[float | None] = mapped_column(Float)
+
+
+class BudgetLimit(Base):
+    """A per-user or per-team budget set through the API."""
+
+    __tablename__ = "budgets"
+    __table_args__ = (UniqueConstraint("scope", "scope_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(8))
+    scope_key: Mapped[str] = mapped_column(String(128))
+    daily_usd: Mapped[float | None] = mapped_column(Float)
+    monthly_usd: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Alert(Base):
+    """A budget threshold crossed, once per scope, window and threshold."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (UniqueConstraint("scope", "scope_key", "period", "window_key", "threshold"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    scope: Mapped[str] = mapped_column(String(8))
+    scope_key: Mapped[str] = mapped_column(String(128))
+    period: Mapped[str] = mapped_column(String(8))
+    window_key: Mapped[str] = mapped_column(String(10))
+    threshold: Mapped[float] = mapped_column(Float)
+    spent_usd: Mapped[float] = mapped_column(Float)
+    limit_usd: Mapped[float] = mapped_column(Float)
+    delivered: Mapped[str] = mapped_column(String(12), default="pending")
+
+
+class RoutingOverride(Base):
+    """A standing routing instruction, e.g. "the next 10 requests go to the GPU pool"."""
+
+    __tablename__ = "routing_overrides"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    backend: Mapped[str] = mapped_column(String(16))
+    remaining: Mapped[int | None] = mapped_column(Integer)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    user: Mapped[str | None] = mapped_column(String(128))
+    note: Mapped[str] = mapped_column(Text, default="")
+
+
+_USAGE_COLUMNS = [c for c in UsageRecord.__table__.columns if c.key != "id"]
+# Built once per process; SQLAlchemy caches the compiled form.
+INSERT_USAGE = insert(UsageRecord)
+
+
+def usage_values(row: UsageRecord) -> dict[str, Any]:
+    """Return a usage row's column values for an insert."""
+    return {c.key: getattr(row, c.key) for c in _USAGE_COLUMNS}
 
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
@@ -96,55 +165,61 @@ def build_engine(settings: Settings) -> AsyncEngine:
     sqlite_file = settings.sqlite_path()
     if sqlite_file is not None:
         sqlite_file.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+    kwargs: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        if settings.database_schema:
+            kwargs["connect_args"] = {"server_settings": {"search_path": settings.database_schema}}
+    engine = create_async_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
 
 
-class Ledger:
-    """Reads and writes of the usage ledger."""
+def _migrate(settings: Settings) -> None:
+    from state.migrate import upgrade_blocking
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        """Wrap an engine; the schema is ensured on first use."""
+    upgrade_blocking(settings)
+
+
+class Ledger:
+    """The usage ledger: its engine, its schema, and the request rows."""
+
+    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+        """Wrap an engine; the schema is migrated on first use when ``AUTO_MIGRATE``."""
         self.engine = engine
+        self.settings = settings
         self._ready = False
         self._lock = asyncio.Lock()
 
+    @property
+    def dialect(self) -> str:
+        """Return the database's dialect name (sqlite or postgresql)."""
+        return self.engine.dialect.name
+
     async def ensure_schema(self) -> None:
-        """Create the tables if they do not exist (once per process)."""
+        """Bring the schema to the newest migration, once per process."""
         if self._ready:
             return
         async with self._lock:
             if not self._ready:
-                async with self.engine.begin() as conn:
-                    await conn.run_sync(Base.metadata.create_all)
+                if self.settings.auto_migrate:
+                    # Alembic is imported and run off the event loop: it reads files.
+                    await asyncio.to_thread(_migrate, self.settings)
                 self._ready = True
 
     async def record(self, row: UsageRecord) -> None:
         """Write one request's row."""
         await self.ensure_schema()
-        values = {c.key: getattr(row, c.key) for c in _COLUMNS}
         async with self.engine.begin() as conn:
-            await conn.execute(_INSERT_USAGE, values)
+            await conn.execute(INSERT_USAGE, usage_values(row))
 
-    async def serverless_spend(self, now: datetime) -> Spend:
-        """Return the serverless spend of the calendar day and month (UTC) of ``now``."""
-        await self.ensure_schema()
-        now = now.astimezone(UTC)
-        day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        month_start = day_start.replace(day=1)
-        params = {"day_start": day_start, "month_start": month_start}
-        async with self.engine.connect() as conn:
-            today, month = (await conn.execute(_SERVERLESS_SPEND, params)).one()
-        return Spend(today_usd=float(today), month_usd=float(month))
-
-    async def rows(self, limit: int = 100) -> list[UsageRecord]:
+    async def rows(self, limit: int = 1000) -> list[UsageRecord]:
         """Return the latest rows, newest first."""
         await self.ensure_schema()
         async with self.engine.connect() as conn:
             result = await conn.execute(
-                select(UsageRecord).order_by(UsageRecord.id.desc()).limit(limit)
+                select(UsageRecord.__table__).order_by(UsageRecord.id.desc()).limit(limit)
             )
             return [UsageRecord(**dict(r._mapping)) for r in result]
 

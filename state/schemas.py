@@ -73,10 +73,16 @@ class BudgetCheck(TypedDict):
     """What ``check_budget`` found."""
 
     estimate_usd: float
-    spent_today_usd: float
-    spent_month_usd: float
     serverless_allowed: bool
     reason: str
+
+
+class ReservationHeld(TypedDict):
+    """A budget reservation the request holds until ``track_usage`` settles it."""
+
+    id: str
+    amount_usd: float
+    model: str
 
 
 class RouterInput(TypedDict, total=False):
@@ -89,6 +95,7 @@ class RouterInput(TypedDict, total=False):
     cost_priority: CostPriority | None
     force_backend: Backend | None
     user: str | None
+    team: str | None
     request_id: str | None
     stream: bool
 
@@ -113,6 +120,7 @@ class RouterState(RouterInput, total=False):
     candidates: dict[str, str]
     selection_reason: str
     budget: BudgetCheck
+    reservation: ReservationHeld | None
     backend: Backend
     backend_reason: str
     allowed_backends: list[Backend]

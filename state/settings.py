@@ -11,13 +11,21 @@ import functools
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./data/router.db"
 
 OverBudgetPolicy = Literal["gpu", "downgrade", "reject"]
+
+
+class BudgetLimits(BaseModel):
+    """A daily and a monthly limit in USD; None means no limit for that window."""
+
+    daily: float | None = Field(default=None, ge=0.0)
+    monthly: float | None = Field(default=None, ge=0.0)
 
 
 class Settings(BaseSettings):
@@ -67,6 +75,37 @@ class Settings(BaseSettings):
     database_url: str = Field(
         default=DEFAULT_DATABASE_URL,
         description="SQLAlchemy URL of the ledger (SQLite file by default, PostgreSQL at scale).",
+    )
+    database_schema: str | None = Field(
+        default=None, description="PostgreSQL schema of the ledger's tables (search_path)."
+    )
+    auto_migrate: bool = Field(
+        default=True, description="Apply the ledger's migrations on first use."
+    )
+    budget_timezone: str = Field(
+        default="UTC", description="Time zone of the budgets' calendar days and months."
+    )
+    reservation_ttl_s: float = Field(
+        default=600.0,
+        gt=0.0,
+        description="Seconds after which a reservation left by a crashed process expires.",
+    )
+    budget_estimate_margin: float = Field(
+        default=1.1,
+        ge=1.0,
+        description="Factor on the estimated prompt tokens of a reservation (never below 1).",
+    )
+    user_budgets: dict[str, BudgetLimits] = Field(
+        default_factory=dict,
+        description='Per-user budgets, JSON: {"alice": {"daily": 5, "monthly": 100}}.',
+    )
+    team_budgets: dict[str, BudgetLimits] = Field(
+        default_factory=dict,
+        description='Per-team budgets, JSON: {"search": {"daily": 20, "monthly": 400}}.',
+    )
+    alert_webhook_url: SecretStr | None = Field(
+        default=None,
+        description="Slack-compatible webhook that receives budget alerts (a secret URL).",
     )
     gpu_instance_type: str = Field(default="gh200", description="GPU instance type of the pool.")
     gpu_hourly_cost_usd: float = Field(
@@ -130,12 +169,28 @@ class Settings(BaseSettings):
             )
         return value.rstrip("/")
 
-    @field_validator("lambda_api_key", "gpu_api_key", mode="before")
+    @field_validator("budget_timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"BUDGET_TIMEZONE {value!r} is not a known time zone; use e.g. UTC or Europe/Paris"
+            ) from exc
+        return value
+
+    @field_validator("lambda_api_key", "gpu_api_key", "alert_webhook_url", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """Return the budgets' time zone."""
+        return ZoneInfo(self.budget_timezone)
 
     @property
     def emulated(self) -> bool:

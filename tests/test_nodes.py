@@ -15,11 +15,9 @@ from nodes.analyze_complexity import (
     complexity_score,
     score_features,
 )
-from nodes.check_budget import next_reset, over_budget
 from nodes.choose_backend import serverless_bucket
 from nodes.fallback import next_backend
 from nodes.select_model import pick_model, required_tier
-from state.ledger import Spend
 
 
 def score(text: str, max_tokens: int | None = None) -> float:
@@ -109,20 +107,6 @@ def test_token_counts_are_stable_and_offline():
         [{"role": "user", "content": "Hello world"}, {"role": "assistant", "content": "Hi"}]
     )
     assert two > one > 2
-
-
-def test_budget_arithmetic():
-    spend = Spend(today_usd=9.0, month_usd=100.0)
-    assert over_budget(spend, 0.5, daily=10, monthly=1000) is None
-    assert "daily" in over_budget(spend, 1.5, daily=10, monthly=1000)
-    assert "monthly" in over_budget(spend, 0.5, daily=100, monthly=100.1)
-    from datetime import UTC, datetime
-
-    now = datetime(2026, 12, 31, 15, 0, tzinfo=UTC)
-    assert next_reset(now, daily_broken=True) == datetime(2027, 1, 1, tzinfo=UTC)
-    assert next_reset(datetime(2026, 11, 5, tzinfo=UTC), daily_broken=False) == datetime(
-        2026, 12, 1, tzinfo=UTC
-    )
 
 
 def test_serverless_bucket_is_uniform_enough():

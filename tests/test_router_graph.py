@@ -104,9 +104,14 @@ async def test_serverless_answering_500_falls_back_to_gpu(harness: Harness):
     assert "500" in attempts[0]["error"]
     assert result["routing"]["backend"] == "gpu"
     assert "fell back to gpu" in result["routing"]["reason"]
-    assert result["cost_usd"] == 0.0
     (row,) = await ledger_rows(context)
     assert row.status == "ok" and row.fallbacks == 1 and row.backend == "gpu"
+    # a GPU request pays its share of the instance: GPU-seconds at the hourly price
+    settings = context.services.settings
+    share = row.gpu_seconds * settings.gpu_hourly_cost_usd / 3600
+    assert row.gpu_seconds > 0
+    assert result["cost_usd"] == pytest.approx(share / settings.gpu_concurrency_per_endpoint)
+    assert row.cost_usd == pytest.approx(result["cost_usd"])
 
 
 async def test_serverless_stopped_falls_back_to_gpu(both_up: Harness):

@@ -1,0 +1,497 @@
+"""Budgets as hard limits: atomic reservations against calendar-window counters.
+
+Before a serverless call, :meth:`BudgetBook.reserve` adds the request's
+worst-case cost to the ``reserved`` column of every budget that applies
+(global, user, team; day and month), in one transaction, with a conditional
+``UPDATE ... WHERE committed + reserved + amount <= limit``. The database's
+row locks (PostgreSQL) or its single writer (SQLite) make the check and the
+increment one step, so concurrent requests in one process or many can never
+commit more than a budget allows. :meth:`settle` swaps the reservation for the
+real cost in the same transaction that writes the request's ledger row; a
+failed call settles at zero; a reservation left by a crashed process expires
+after ``RESERVATION_TTL_S`` and gives its amount back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from state.ledger import (
+    INSERT_USAGE,
+    Alert,
+    BudgetCounter,
+    BudgetLimit,
+    Ledger,
+    Reservation,
+    UsageRecord,
+    usage_values,
+)
+from state.settings import Settings
+
+ALERT_THRESHOLDS = (0.8, 1.0)
+_LIMITS_CACHE_S = 5.0
+
+_RESERVE = (
+    update(BudgetCounter)
+    .where(
+        BudgetCounter.scope == bindparam("b_scope"),
+        BudgetCounter.scope_key == bindparam("b_key"),
+        BudgetCounter.period == bindparam("b_period"),
+        BudgetCounter.window_key == bindparam("b_window"),
+        BudgetCounter.committed_usd + BudgetCounter.reserved_usd + bindparam("amount")
+        <= bindparam("limit"),
+    )
+    .values(reserved_usd=BudgetCounter.reserved_usd + bindparam("amount"))
+    .returning(BudgetCounter.id)
+)
+_CLAIM = (
+    update(Reservation)
+    .where(Reservation.id == bindparam("r_id"), Reservation.status == "active")
+    .values(status=bindparam("new_status"), settled_usd=bindparam("actual"))
+    .returning(Reservation.amount_usd, Reservation.counter_ids)
+)
+_SETTLE_COUNTER = (
+    update(BudgetCounter)
+    .where(BudgetCounter.id == bindparam("c_id"))
+    .values(
+        reserved_usd=BudgetCounter.reserved_usd - bindparam("amount"),
+        committed_usd=BudgetCounter.committed_usd + bindparam("actual"),
+    )
+    .returning(
+        BudgetCounter.committed_usd,
+        BudgetCounter.scope,
+        BudgetCounter.scope_key,
+        BudgetCounter.period,
+        BudgetCounter.window_key,
+    )
+)
+_INSERT_RESERVATION = insert(Reservation)
+_RELEASE_COUNTER = (
+    update(BudgetCounter)
+    .where(BudgetCounter.id == bindparam("c_id"))
+    .values(reserved_usd=BudgetCounter.reserved_usd - bindparam("amount"))
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetWindow:
+    """One budget in its current calendar window."""
+
+    scope: str  # global | user | team
+    scope_key: str
+    period: str  # day | month
+    window_key: str
+    limit_usd: float
+    resets_at: datetime
+
+    def label(self) -> str:
+        """Name the budget for people, e.g. "daily budget of user alice"."""
+        what = "daily" if self.period == "day" else "monthly"
+        owner = "" if self.scope == "global" else f" of {self.scope} {self.scope_key}"
+        return f"{what} budget{owner} (${self.limit_usd:.2f})"
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A reservation the request holds."""
+
+    reservation_id: str
+    amount_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A reservation that would break a budget."""
+
+    window: BudgetWindow
+    committed_usd: float
+    reserved_usd: float
+    amount_usd: float
+
+    @property
+    def remaining_usd(self) -> float:
+        """Return what the budget still allows."""
+        return max(0.0, self.window.limit_usd - self.committed_usd - self.reserved_usd)
+
+    def reason(self) -> str:
+        """Explain the refusal in one sentence."""
+        return (
+            f"the {self.window.label()} would be exceeded (spent ${self.committed_usd:.4f}, "
+            f"held by requests in flight ${self.reserved_usd:.4f}, this request up to "
+            f"${self.amount_usd:.6f})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Crossing:
+    """A budget whose committed spend just crossed an alert threshold."""
+
+    alert_id: int
+    scope: str
+    scope_key: str
+    period: str
+    window_key: str
+    threshold: float
+    spent_usd: float
+    limit_usd: float
+
+
+class _Refusal(Exception):
+    def __init__(self, window: BudgetWindow) -> None:
+        super().__init__(window.label())
+        self.window = window
+
+
+class BudgetBook:
+    """Reservations, settlements and limits of the serverless budgets."""
+
+    def __init__(self, ledger: Ledger, settings: Settings, clock: Callable[[], datetime]) -> None:
+        """Keep the ledger, the configured limits and the clock."""
+        self.ledger = ledger
+        self.settings = settings
+        self.clock = clock
+        self._limits: dict[tuple[str, str], tuple[float | None, float | None]] = {}
+        self._limits_read = float("-inf")
+        self._limits_lock = asyncio.Lock()
+        dialect_insert = pg_insert if ledger.dialect == "postgresql" else sqlite_insert
+        self._open_counter = (
+            dialect_insert(BudgetCounter)
+            .values(
+                scope=bindparam("b_scope"),
+                scope_key=bindparam("b_key"),
+                period=bindparam("b_period"),
+                window_key=bindparam("b_window"),
+                committed_usd=0.0,
+                reserved_usd=0.0,
+            )
+            .on_conflict_do_nothing(index_elements=["scope", "scope_key", "period", "window_key"])
+        )
+        self._raise_alert = (
+            dialect_insert(Alert)
+            .on_conflict_do_nothing(
+                index_elements=["scope", "scope_key", "period", "window_key", "threshold"]
+            )
+            .returning(Alert.id)
+        )
+
+    # -- limits and windows ---------------------------------------------------
+
+    async def _api_limits(self) -> dict[tuple[str, str], tuple[float | None, float | None]]:
+        """Return the budgets set through the API, re-read at most every few seconds."""
+        if time.monotonic() - self._limits_read < _LIMITS_CACHE_S:
+            return self._limits
+        async with self._limits_lock:
+            if time.monotonic() - self._limits_read >= _LIMITS_CACHE_S:
+                await self.ledger.ensure_schema()
+                async with self.ledger.engine.connect() as conn:
+                    rows = await conn.execute(select(BudgetLimit.__table__))
+                    self._limits = {
+                        (r.scope, r.scope_key): (r.daily_usd, r.monthly_usd) for r in rows
+                    }
+                self._limits_read = time.monotonic()
+        return self._limits
+
+    def _windows_of(self, now: datetime) -> tuple[str, datetime, str, datetime]:
+        local = now.astimezone(self.settings.zone)
+        day_start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        next_day = (day_start + timedelta(days=1, hours=2)).replace(hour=0)
+        month_start = day_start.replace(day=1)
+        next_month = (month_start + timedelta(days=32)).replace(day=1)
+        return (
+            local.date().isoformat(),
+            next_day,
+            f"{local.year:04d}-{local.month:02d}",
+            next_month,
+        )
+
+    async def windows(
+        self, now: datetime, user: str | None = None, team: str | None = None
+    ) -> list[BudgetWindow]:
+        """Return every budget that applies to a request, in lock order."""
+        day_key, day_reset, month_key, month_reset = self._windows_of(now)
+        api = await self._api_limits()
+        limits: list[tuple[str, str, float | None, float | None]] = [
+            (
+                "global",
+                "",
+                self.settings.lambda_daily_budget,
+                self.settings.lambda_monthly_budget,
+            )
+        ]
+        for scope, key, configured in (
+            ("user", user, self.settings.user_budgets),
+            ("team", team, self.settings.team_budgets),
+        ):
+            if not key:
+                continue
+            if (scope, key) in api:
+                daily, monthly = api[(scope, key)]
+            elif key in configured:
+                daily, monthly = configured[key].daily, configured[key].monthly
+            else:
+                continue
+            limits.append((scope, key, daily, monthly))
+        found = []
+        for scope, key, daily, monthly in limits:
+            if daily is not None:
+                found.append(BudgetWindow(scope, key, "day", day_key, daily, day_reset))
+            if monthly is not None:
+                found.append(BudgetWindow(scope, key, "month", month_key, monthly, month_reset))
+        # one global order of row locks: no two transactions wait on each other
+        found.sort(key=lambda w: (w.scope, w.scope_key, w.period, w.window_key))
+        return found
+
+    async def set_budget(
+        self, scope: str, key: str, daily_usd: float | None, monthly_usd: float | None
+    ) -> None:
+        """Set (or replace) a user's or a team's budget."""
+        if scope not in ("user", "team") or not key:
+            raise ValueError("a budget belongs to a 'user' or a 'team' with a non-empty name")
+        for value in (daily_usd, monthly_usd):
+            if value is not None and value < 0:
+                raise ValueError("a budget cannot be negative")
+        await self.ledger.ensure_schema()
+        dialect_insert = pg_insert if self.ledger.dialect == "postgresql" else sqlite_insert
+        values = {"daily_usd": daily_usd, "monthly_usd": monthly_usd, "updated_at": self.clock()}
+        statement = (
+            dialect_insert(BudgetLimit)
+            .values(scope=scope, scope_key=key, **values)
+            .on_conflict_do_update(index_elements=["scope", "scope_key"], set_=values)
+        )
+        async with self.ledger.engine.begin() as conn:
+            await conn.execute(statement)
+        self._limits_read = float("-inf")
+
+    # -- reserve, settle, expire ----------------------------------------------
+
+    async def reserve(
+        self,
+        request_id: str,
+        amount_usd: float,
+        *,
+        user: str | None = None,
+        team: str | None = None,
+    ) -> Held | Refused:
+        """Reserve ``amount_usd`` against every applicable budget, all or nothing."""
+        await self.ledger.ensure_schema()
+        now = self.clock()
+        windows = await self.windows(now, user, team)
+        result = await self._try_reserve(request_id, amount_usd, windows, now)
+        if isinstance(result, Refused) and await self.expire() > 0:
+            # a crashed process's reservation just gave its amount back: try once more
+            result = await self._try_reserve(request_id, amount_usd, windows, now)
+        return result
+
+    async def _try_reserve(
+        self, request_id: str, amount: float, windows: list[BudgetWindow], now: datetime
+    ) -> Held | Refused:
+        try:
+            async with self.ledger.engine.begin() as conn:
+                counters: list[list[float]] = []
+                for window in windows:
+                    params = {
+                        "b_scope": window.scope,
+                        "b_key": window.scope_key,
+                        "b_period": window.period,
+                        "b_window": window.window_key,
+                        "amount": amount,
+                        "limit": window.limit_usd,
+                    }
+                    counter_id = (await conn.execute(_RESERVE, params)).scalar()
+                    if counter_id is None:
+                        await conn.execute(self._open_counter, params)
+                        counter_id = (await conn.execute(_RESERVE, params)).scalar()
+                    if counter_id is None:
+                        raise _Refusal(window)
+                    counters.append([counter_id, window.limit_usd])
+                await conn.execute(
+                    _INSERT_RESERVATION,
+                    {
+                        "id": request_id,
+                        "amount_usd": amount,
+                        "counter_ids": counters,
+                        "status": "active",
+                        "created_at": now,
+                        "expires_at": now + timedelta(seconds=self.settings.reservation_ttl_s),
+                        "settled_usd": None,
+                    },
+                )
+        except _Refusal as refusal:
+            return await self._refused(refusal.window, amount)
+        return Held(reservation_id=request_id, amount_usd=amount)
+
+    async def _refused(self, window: BudgetWindow, amount: float) -> Refused:
+        async with self.ledger.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(BudgetCounter.committed_usd, BudgetCounter.reserved_usd).where(
+                        BudgetCounter.scope == window.scope,
+                        BudgetCounter.scope_key == window.scope_key,
+                        BudgetCounter.period == window.period,
+                        BudgetCounter.window_key == window.window_key,
+                    )
+                )
+            ).first()
+        committed, reserved = (row[0], row[1]) if row else (0.0, 0.0)
+        return Refused(window, committed, reserved, amount)
+
+    async def settle(
+        self, reservation_id: str, actual_usd: float, usage: UsageRecord | None = None
+    ) -> list[Crossing]:
+        """Replace a reservation by the real cost (0 when the call failed).
+
+        The request's ledger row, when given, is written in the same transaction,
+        so the money and the record can never disagree. Returns the alert
+        thresholds this settlement crossed (each at most once per window).
+        """
+        await self.ledger.ensure_schema()
+        async with self.ledger.engine.begin() as conn:
+            claimed = (
+                await conn.execute(
+                    _CLAIM,
+                    {
+                        "r_id": reservation_id,
+                        "new_status": "settled" if actual_usd > 0 else "released",
+                        "actual": actual_usd,
+                    },
+                )
+            ).first()
+            crossings: list[Crossing] = []
+            if claimed is not None:
+                amount, counters = claimed
+                crossings = await self._settle_counters(conn, counters, amount, actual_usd)
+            elif actual_usd > 0:
+                # expired before it settled: its hold is gone, the spend still counts
+                row = (
+                    await conn.execute(
+                        select(Reservation.counter_ids).where(Reservation.id == reservation_id)
+                    )
+                ).first()
+                if row is not None:
+                    crossings = await self._settle_counters(conn, row[0], 0.0, actual_usd)
+            if usage is not None:
+                await conn.execute(INSERT_USAGE, usage_values(usage))
+        return crossings
+
+    async def _settle_counters(
+        self, conn: AsyncConnection, counters: list[Any], amount: float, actual: float
+    ) -> list[Crossing]:
+        crossings: list[Crossing] = []
+        for counter_id, limit in sorted(counters):
+            row = (
+                await conn.execute(
+                    _SETTLE_COUNTER, {"c_id": counter_id, "amount": amount, "actual": actual}
+                )
+            ).one()
+            after = row.committed_usd
+            before = after - actual
+            for threshold in ALERT_THRESHOLDS:
+                mark = threshold * limit
+                if actual > 0 and before < mark <= after + 1e-12:
+                    alert_id = (
+                        await conn.execute(
+                            self._raise_alert,
+                            {
+                                "created_at": self.clock(),
+                                "scope": row.scope,
+                                "scope_key": row.scope_key,
+                                "period": row.period,
+                                "window_key": row.window_key,
+                                "threshold": threshold,
+                                "spent_usd": after,
+                                "limit_usd": limit,
+                                "delivered": "pending",
+                            },
+                        )
+                    ).scalar()
+                    if alert_id is not None:
+                        crossings.append(
+                            Crossing(
+                                alert_id,
+                                row.scope,
+                                row.scope_key,
+                                row.period,
+                                row.window_key,
+                                threshold,
+                                after,
+                                limit,
+                            )
+                        )
+        return crossings
+
+    async def release(self, reservation_id: str) -> None:
+        """Give a reservation back in full (the call failed or never happened)."""
+        await self.settle(reservation_id, 0.0)
+
+    async def expire(self) -> int:
+        """Release every reservation past its expiry; return how many."""
+        await self.ledger.ensure_schema()
+        now = self.clock()
+        stale = (
+            select(Reservation.id)
+            .where(Reservation.status == "active", Reservation.expires_at < now)
+            .limit(500)
+            .with_for_update(skip_locked=True)
+        )
+        claim = (
+            update(Reservation)
+            .where(Reservation.id.in_(stale.scalar_subquery()))
+            .values(status="expired")
+            .returning(Reservation.amount_usd, Reservation.counter_ids)
+        )
+        async with self.ledger.engine.begin() as conn:
+            expired: list[tuple[float, list[list[Any]]]] = [
+                (row[0], row[1]) for row in await conn.execute(claim)
+            ]
+            releases = sorted(
+                (pair[0], amount) for amount, counters in expired for pair in counters
+            )
+            for counter_id, amount in releases:
+                await conn.execute(_RELEASE_COUNTER, {"c_id": counter_id, "amount": amount})
+        return len(expired)
+
+    async def status(
+        self, user: str | None = None, team: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Return each applicable budget's limit, spend, holds, remainder and reset time."""
+        await self.ledger.ensure_schema()
+        windows = await self.windows(self.clock(), user, team)
+        report = []
+        async with self.ledger.engine.connect() as conn:
+            for window in windows:
+                row = (
+                    await conn.execute(
+                        select(BudgetCounter.committed_usd, BudgetCounter.reserved_usd).where(
+                            BudgetCounter.scope == window.scope,
+                            BudgetCounter.scope_key == window.scope_key,
+                            BudgetCounter.period == window.period,
+                            BudgetCounter.window_key == window.window_key,
+                        )
+                    )
+                ).first()
+                committed, reserved = (row[0], row[1]) if row else (0.0, 0.0)
+                report.append(
+                    {
+                        "scope": window.scope,
+                        "key": window.scope_key,
+                        "period": window.period,
+                        "window": window.window_key,
+                        "limit_usd": window.limit_usd,
+                        "spent_usd": committed,
+                        "reserved_usd": reserved,
+                        "remaining_usd": max(0.0, window.limit_usd - committed - reserved),
+                        "used_fraction": committed / window.limit_usd if window.limit_usd else 1.0,
+                        "resets_at": window.resets_at.isoformat(),
+                    }
+                )
+        return report
