@@ -39,6 +39,8 @@ from state.ledger import (
 from state.settings import Settings
 
 ALERT_THRESHOLDS = (0.8, 1.0)
+# Sums of floats drift by a few ulps; a nano-dollar of slack keeps an exact fit a fit.
+EPSILON_USD = 1e-9
 _LIMITS_CACHE_S = 5.0
 
 _RESERVE = (
@@ -49,7 +51,7 @@ _RESERVE = (
         BudgetCounter.period == bindparam("b_period"),
         BudgetCounter.window_key == bindparam("b_window"),
         BudgetCounter.committed_usd + BudgetCounter.reserved_usd + bindparam("amount")
-        <= bindparam("limit"),
+        <= bindparam("limit") + EPSILON_USD,
     )
     .values(reserved_usd=BudgetCounter.reserved_usd + bindparam("amount"))
     .returning(BudgetCounter.id)
@@ -59,6 +61,12 @@ _CLAIM = (
     .where(Reservation.id == bindparam("r_id"), Reservation.status == "active")
     .values(status=bindparam("new_status"), settled_usd=bindparam("actual"))
     .returning(Reservation.amount_usd, Reservation.counter_ids)
+)
+_CLAIM_EXPIRED = (
+    update(Reservation)
+    .where(Reservation.id == bindparam("r_id"), Reservation.status == "expired")
+    .values(status="settled", settled_usd=bindparam("actual"))
+    .returning(Reservation.counter_ids)
 )
 _SETTLE_COUNTER = (
     update(BudgetCounter)
@@ -371,10 +379,10 @@ class BudgetBook:
                 amount, counters = claimed
                 crossings = await self._settle_counters(conn, counters, amount, actual_usd)
             elif actual_usd > 0:
-                # expired before it settled: its hold is gone, the spend still counts
+                # expired before it settled: its hold is gone, the spend still counts, once
                 row = (
                     await conn.execute(
-                        select(Reservation.counter_ids).where(Reservation.id == reservation_id)
+                        _CLAIM_EXPIRED, {"r_id": reservation_id, "actual": actual_usd}
                     )
                 ).first()
                 if row is not None:
@@ -397,7 +405,7 @@ class BudgetBook:
             before = after - actual
             for threshold in ALERT_THRESHOLDS:
                 mark = threshold * limit
-                if actual > 0 and before < mark <= after + 1e-12:
+                if actual > 0 and before < mark <= after + EPSILON_USD:
                     alert_id = (
                         await conn.execute(
                             self._raise_alert,

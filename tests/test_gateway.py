@@ -1,0 +1,509 @@
+"""The OpenAI-compatible gateway over real HTTP, driven by the official clients.
+
+The gateway runs in this event loop (uvicorn on a free port) on services wired
+to the two emulators of ``tests/conftest.py``; the last test serves it beside
+the graph API with ``langgraph dev``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+import uvicorn
+from langchain_openai import ChatOpenAI
+
+from backends.catalog import get_catalog
+from backends.emulator import _EmbeddedServer
+from gateway.app import create_app
+from state.context import Services
+from tests.conftest import Harness
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = [{"role": "user", "content": "Hello!"}]
+
+
+@dataclass
+class Gateway:
+    url: str  # base URL, .../v1
+    services: Services | None
+    client: openai.AsyncOpenAI
+
+    async def rows(self) -> list[Any]:
+        assert self.services is not None
+        return await self.services.ledger.rows()
+
+    async def only_row(self) -> Any:
+        (row,) = await self.rows()
+        return row
+
+    def chat(self, **kwargs: Any) -> ChatOpenAI:
+        return ChatOpenAI(
+            base_url=self.url,
+            api_key="x",
+            model="auto",
+            stream_usage=True,
+            max_retries=0,
+            use_responses_api=False,
+            **kwargs,
+        )
+
+
+StartGateway = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def start_gateway(harness: Harness) -> AsyncIterator[StartGateway]:
+    """Start gateways in this loop; ``start(services)`` or ``start(provider=...)``."""
+    servers: list[tuple[uvicorn.Server, asyncio.Task[None], socket.socket]] = []
+    clients: list[openai.AsyncOpenAI] = []
+
+    async def start(
+        services: Services | None = None,
+        provider: Callable[[], Awaitable[Services]] | None = None,
+    ) -> Gateway:
+        if provider is None:
+            assert services is not None
+
+            async def provider() -> Services:
+                return services
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        config = uvicorn.Config(
+            create_app(services=provider), log_level="warning", lifespan="off", log_config=None
+        )
+        server = _EmbeddedServer(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            assert not task.done(), task.result()
+            await asyncio.sleep(0.002)
+        servers.append((server, task, sock))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0)
+        clients.append(client)
+        return Gateway(url, services, client)
+
+    try:
+        yield start
+    finally:
+        for client in clients:
+            await client.close()
+        for server, task, sock in servers:
+            server.should_exit = True
+            await task
+            sock.close()
+
+
+@pytest.fixture
+async def gateway(both_up: Harness, start_gateway: StartGateway) -> Gateway:
+    return await start_gateway(await both_up.services())
+
+
+def assert_headers_match(headers: httpx.Headers, row: Any) -> None:
+    assert headers["x-router-backend"] == row.backend
+    assert headers["x-router-model"] == row.model
+    assert headers["x-request-id"] == row.request_id
+
+
+async def test_completion_reports_the_routing_that_the_ledger_recorded(gateway: Gateway):
+    raw = await gateway.client.chat.completions.with_raw_response.create(
+        model="auto", messages=HELLO, user="alice"
+    )
+    completion = raw.parse()
+    row = await gateway.only_row()
+
+    assert raw.status_code == 200
+    assert_headers_match(raw.headers, row)
+    assert float(raw.headers["x-router-cost-usd"]) == row.cost_usd
+    assert completion.id == f"chatcmpl-{row.request_id}"
+    assert completion.object == "chat.completion"
+    assert completion.model == row.model == "llama3.1-8b-instruct"
+    choice = completion.choices[0]
+    assert choice.message.role == "assistant"
+    assert "emulator" in choice.message.content
+    assert choice.finish_reason in {"stop", "length"}
+    assert completion.usage.prompt_tokens == row.prompt_tokens
+    assert completion.usage.completion_tokens == row.completion_tokens
+    routing = completion.routing  # our extra field
+    assert routing["backend"] == row.backend and routing["model"] == row.model
+    assert routing["cost_usd"] == row.cost_usd
+    assert routing["complexity"]["level"] == "low"
+    assert [a["status"] for a in routing["attempts"]] == ["ok"]
+    assert row.user == "alice"
+
+
+async def test_serverless_cost_header_equals_the_ledger_cost(gateway: Gateway):
+    raw = await gateway.client.chat.completions.with_raw_response.create(
+        model="llama3.1-70b-instruct-fp8",
+        messages=HELLO,
+        max_completion_tokens=64,
+        temperature=0.2,
+        top_p=0.9,  # ignored
+        n=1,
+        extra_body={"force_backend": "serverless", "cost_priority": "performance"},
+    )
+    completion = raw.parse()
+    row = await gateway.only_row()
+    assert row.backend == "serverless" and row.model == "llama3.1-70b-instruct-fp8"
+    assert_headers_match(raw.headers, row)
+    assert row.cost_usd > 0
+    assert float(raw.headers["x-router-cost-usd"]) == row.cost_usd
+    assert "e" not in raw.headers["x-router-cost-usd"]  # plain decimal
+    assert completion.routing["cost_usd"] == row.cost_usd
+    assert completion.usage.completion_tokens <= 64
+
+
+async def collect(stream: Any) -> tuple[list[Any], str]:
+    chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return chunks, text
+
+
+async def test_stream_with_usage(gateway: Gateway):
+    whole = await gateway.client.chat.completions.create(
+        model="auto", messages=HELLO, extra_body={"force_backend": "gpu"}
+    )
+    stream = await gateway.client.chat.completions.create(
+        model="auto",
+        messages=HELLO,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"force_backend": "gpu"},
+    )
+    chunks, text = await collect(stream)
+    row = (await gateway.rows())[0]
+
+    assert stream.response.headers["content-type"].startswith("text/event-stream")
+    assert_headers_match(stream.response.headers, row)
+    assert "x-router-cost-usd" not in stream.response.headers  # in the final chunk instead
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert text == whole.choices[0].message.content and "emulator" in text
+    token_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(token_chunks) == row.completion_tokens > 3
+    assert all(c.id == f"chatcmpl-{row.request_id}" and c.model == row.model for c in chunks)
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1
+    assert finals[0].routing["backend"] == row.backend
+    assert finals[0].routing["cost_usd"] == row.cost_usd
+    usage = [c for c in chunks if not c.choices]
+    assert len(usage) == 1 and chunks[-1] is usage[0]
+    assert usage[0].usage.prompt_tokens == row.prompt_tokens
+    assert usage[0].usage.completion_tokens == row.completion_tokens
+
+
+async def test_stream_without_usage_has_no_usage_chunk(gateway: Gateway):
+    stream = await gateway.client.chat.completions.create(
+        model="auto",
+        messages=HELLO,
+        stream=True,
+        extra_body={"force_backend": "serverless"},
+    )
+    chunks, text = await collect(stream)
+    row = await gateway.only_row()
+    assert "emulator" in text
+    assert all(c.choices for c in chunks)  # every chunk has a choice: choices[0] is safe
+    assert all(c.usage is None for c in chunks)
+    assert chunks[-1].choices[0].finish_reason in {"stop", "length"}
+    assert chunks[-1].routing["cost_usd"] == row.cost_usd > 0
+    assert_headers_match(stream.response.headers, row)
+
+
+async def test_stream_events_are_openai_sse(gateway: Gateway):
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{gateway.url}/chat/completions",
+            json={"messages": HELLO, "stream": True, "stream_options": {"include_usage": True}},
+        )
+    assert response.status_code == 200
+    events = response.text.split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    payloads = [orjson.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    assert all(e.startswith("data: ") for e in events[:-1])
+    assert all(p["object"] == "chat.completion.chunk" for p in payloads)
+    assert payloads[-1]["choices"] == [] and payloads[-1]["usage"]["total_tokens"] > 0
+    assert set(payloads[-2]["routing"]) == {
+        "backend",
+        "model",
+        "reason",
+        "cost_usd",
+        "complexity",
+        "attempts",
+    }
+
+
+async def test_langchain_chat_openai_invoke_and_stream(gateway: Gateway):
+    chat = gateway.chat(extra_body={"force_backend": "gpu"})
+    message = await chat.ainvoke("Hello!")
+    row = (await gateway.rows())[0]
+    assert "emulator" in message.content
+    assert message.response_metadata["model_name"] == row.model
+    assert message.usage_metadata["input_tokens"] == row.prompt_tokens
+    assert message.usage_metadata["output_tokens"] == row.completion_tokens
+
+    streamed = None
+    async for chunk in chat.astream("Hello!"):
+        streamed = chunk if streamed is None else streamed + chunk
+    row = (await gateway.rows())[0]
+    assert streamed is not None
+    assert streamed.content == message.content
+    assert streamed.usage_metadata["output_tokens"] == row.completion_tokens
+    assert len(await gateway.rows()) == 2
+
+
+async def test_langchain_max_tokens_is_sent_as_max_completion_tokens(gateway: Gateway):
+    message = await gateway.chat(max_tokens=5).ainvoke("Tell me about the sea")
+    row = await gateway.only_row()
+    assert row.completion_tokens <= 5
+    assert message.response_metadata["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"messages": []}, "non-empty list"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "role"),
+        ({"messages": HELLO, "n": 2}, "n=2 is not supported"),
+        ({"messages": HELLO, "temperature": 3}, "temperature"),
+        ({"messages": HELLO, "max_tokens": 0}, "max_tokens"),
+        ({"messages": HELLO, "model": "gpt-99"}, "not in the catalog"),
+        ({"messages": HELLO, "extra_body": {"cost_priority": "cheap"}}, "cost_priority"),
+        # a stream that fails before any token is a plain HTTP error too
+        ({"messages": [], "stream": True}, "non-empty list"),
+    ],
+    ids=["empty", "role", "n", "temperature", "max_tokens", "model", "priority", "stream"],
+)
+async def test_bad_requests_are_400_with_our_message(gateway: Gateway, kwargs, message):
+    kwargs = {"model": "auto", **kwargs}
+    with pytest.raises(openai.BadRequestError, match=message) as caught:
+        await gateway.client.chat.completions.create(**kwargs)
+    error = caught.value.body
+    assert error["type"] == "invalid_request_error" and "param" in error
+    assert await gateway.rows() == []
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"{not json", "not valid JSON"),
+        (b'[{"role": "user"}]', "must be a JSON object"),
+        (b"{}", "'messages' is required"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream"),
+    ],
+)
+async def test_malformed_bodies_are_400(gateway: Gateway, body, message):
+    async with httpx.AsyncClient() as http:
+        response = await http.post(f"{gateway.url}/chat/completions", content=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert message in error["message"]
+    assert set(error) >= {"message", "type", "code", "param"}
+    assert response.headers["x-request-id"]
+
+
+async def test_budget_refusal_is_402_with_remaining_and_reset(
+    both_up: Harness, start_gateway: StartGateway
+):
+    gateway = await start_gateway(
+        await both_up.services(lambda_monthly_budget=0.0, over_budget_policy="reject")
+    )
+    for stream in (False, True):
+        with pytest.raises(openai.APIStatusError, match="monthly budget") as caught:
+            await gateway.client.chat.completions.create(
+                model="auto",
+                messages=HELLO,
+                stream=stream,
+                extra_body={"force_backend": "serverless"},
+            )
+        assert caught.value.status_code == 402
+        error = caught.value.body
+        assert error["code"] == "budget_exceeded" and error["type"] == "budget_error"
+        assert error["remaining_usd"] == 0.0
+        assert error["resets_at"].endswith("+00:00")
+
+
+async def test_both_backends_failing_is_502(harness: Harness, start_gateway: StartGateway):
+    await harness.start("serverless", fail_rate=1.0, fail_status=500)
+    await harness.start("gpu", fail_rate=1.0, fail_status=503)
+    gateway = await start_gateway(await harness.services())
+    for stream in (False, True):
+        with pytest.raises(openai.InternalServerError, match="every backend failed") as caught:
+            await gateway.client.chat.completions.create(
+                model="auto", messages=HELLO, stream=stream
+            )
+        assert caught.value.status_code == 502
+        assert caught.value.body["code"] == "all_backends_failed"
+    rows = await gateway.rows()
+    assert [r.status for r in rows] == ["failed", "failed"]
+
+
+async def test_unexpected_failure_is_500_without_internals(start_gateway: StartGateway):
+    async def broken() -> Services:
+        raise RuntimeError("db password hunter2 at 10.1.2.3")
+
+    gateway = await start_gateway(provider=broken)
+    with pytest.raises(openai.InternalServerError) as caught:
+        await gateway.client.chat.completions.create(model="auto", messages=HELLO)
+    assert caught.value.status_code == 500
+    text = caught.value.response.text
+    assert "hunter2" not in text and "10.1.2.3" not in text and "RuntimeError" not in text
+    assert caught.value.body["code"] == "internal_error"
+    assert caught.value.response.headers["x-request-id"] in caught.value.body["message"]
+
+
+async def test_failure_after_tokens_ends_the_stream_with_an_error_event(
+    both_up: Harness, start_gateway: StartGateway
+):
+    services = await both_up.services()
+    gateway = await start_gateway(services)
+    await gateway.rows()  # migrate, then lose the table the last step writes to
+    async with services.ledger.engine.begin() as conn:
+        await conn.exec_driver_sql("DROP TABLE usage_records")
+
+    stream = await gateway.client.chat.completions.create(
+        model="auto", messages=HELLO, stream=True, extra_body={"force_backend": "gpu"}
+    )
+    received: list[Any] = []
+    with pytest.raises(openai.APIError) as caught:
+        async for chunk in stream:
+            received.append(chunk)
+    assert stream.response.status_code == 200
+    assert "".join(c.choices[0].delta.content or "" for c in received)  # tokens came first
+    assert "the router failed on this request" in caught.value.message
+    assert "usage_records" not in str(caught.value.body)
+
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{gateway.url}/chat/completions",
+            json={"messages": HELLO, "stream": True, "force_backend": "gpu"},
+        )
+    events = response.text.split("\n\n")
+    assert events[-2] == "data: [DONE]"
+    assert orjson.loads(events[-3].removeprefix("data: "))["error"]["code"] == "internal_error"
+
+
+async def test_models_lists_the_catalog_and_auto(gateway: Gateway):
+    models = await gateway.client.models.list()
+    ids = [m.id for m in models.data]
+    catalog = get_catalog()
+    assert ids == ["auto", *catalog.ids()]
+    by_id = {m.id: m for m in models.data}
+    for spec in catalog.models:
+        entry = by_id[spec.id]
+        assert entry.object == "model"
+        assert entry.context_window == spec.context_window
+        assert entry.output_usd_per_mtok == spec.output_usd_per_mtok
+        assert set(entry.backends) == {b for b in ("serverless", "gpu") if spec.offered_on(b)}
+
+
+def test_importing_the_app_builds_nothing():
+    code = (
+        "import sys, gateway.app as g, state.context as c; "
+        "assert not c._default_services; "
+        "assert 'backends.emulator' not in sys.modules; "
+        "assert g.app.state.gateway._models is None; print('ok')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+# --- beside the graph API, in ``langgraph dev`` ------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def langgraph_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    tmp = tmp_path_factory.mktemp("langgraph-dev")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"LAMBDA_API_KEY", "GPU_ENDPOINTS", "DATABASE_URL"}
+    }
+    env.update(
+        DATABASE_URL=f"sqlite:///{tmp}/ledger.db",
+        LANGGRAPH_CLI_NO_ANALYTICS="1",
+        LANGGRAPH_NO_VERSION_CHECK="true",
+        LANGSMITH_TRACING="false",
+        EMULATOR_TTFT_MS="0",
+        EMULATOR_TPOT_MS="0",
+    )
+    langgraph = Path(sys.executable).parent / "langgraph"
+    log_path = tmp / "server.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [str(langgraph), "dev", "--no-browser", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and process.poll() is None:
+                try:
+                    if httpx.get(f"{url}/ok", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.25)
+            if process.poll() is not None or time.monotonic() >= deadline:
+                pytest.fail(f"langgraph dev did not start:\n{log_path.read_text()[-3000:]}")
+            yield url
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+async def test_gateway_answers_beside_the_graph_api_in_langgraph_dev(langgraph_dev: str):
+    async with openai.AsyncOpenAI(
+        base_url=f"{langgraph_dev}/v1", api_key="x", max_retries=0, timeout=60
+    ) as client:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="auto", messages=HELLO
+        )
+        completion = raw.parse()
+        assert "emulator" in completion.choices[0].message.content
+        assert completion.model == raw.headers["x-router-model"] == "llama3.1-8b-instruct"
+        assert raw.headers["x-router-backend"] in {"serverless", "gpu"}
+
+        stream = await client.chat.completions.create(
+            model="auto", messages=HELLO, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = [chunk async for chunk in stream]
+        assert "emulator" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert chunks[-1].usage.total_tokens > 0
+
+        with pytest.raises(openai.BadRequestError, match="non-empty list"):
+            await client.chat.completions.create(model="auto", messages=[])
+        assert "auto" in [m.id async for m in client.models.list()]
+    # the graph API still answers beside our routes
+    async with httpx.AsyncClient(base_url=langgraph_dev) as http:
+        assert (await http.get("/ok")).status_code == 200
+        assistants = await http.post("/assistants/search", json={"graph_id": "router"})
+        assert assistants.status_code == 200 and assistants.json()
