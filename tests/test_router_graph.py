@@ -276,7 +276,7 @@ async def test_spend_in_ledger_counts_against_the_budget(both_up: Harness):
     spent = first["cost_usd"]
     assert spent > 0
     # a budget that the first request's spend already used up
-    tight = await both_up.context(lambda_daily_budget=spent * 1.01)
+    tight = await both_up.context(lambda_daily_budget=spent * 1.01, serverless_ratio=1.0)
     second = await graph.ainvoke(ANALYSIS, context=tight)
     assert second["routing"]["backend"] == "gpu"
     assert "daily budget" in second["routing"]["reason"]
