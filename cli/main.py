@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from pydantic import ValidationError
+from sqlalchemy import make_url
 
 from state.errors import BadRequestError, RouterError
 from state.schemas import RouterInput
@@ -40,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--force-backend", choices=["serverless", "gpu"])
     ask.add_argument("--user")
     ask.add_argument("--json", action="store_true", help="print the whole result as JSON")
+
+    commands.add_parser(
+        "migrate", help="bring the ledger database (DATABASE_URL) to the newest schema"
+    )
 
     emulate = commands.add_parser(
         "emulate", help="serve an OpenAI-compatible emulator (for development and tests)"
@@ -121,6 +126,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "emulate":
             _emulate(args)
+            return 0
+        if args.command == "migrate":
+            from state.migrate import sync_database_url, upgrade_blocking
+            from state.settings import get_settings
+
+            settings = get_settings()
+            upgrade_blocking(settings)
+            safe_url = make_url(sync_database_url(settings)).render_as_string(hide_password=True)
+            print(f"ledger schema is up to date ({safe_url})")
             return 0
         result = asyncio.run(_ask(args))
     except ValidationError as error:

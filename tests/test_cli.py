@@ -128,3 +128,23 @@ def test_emulate_command_serves_and_ask_uses_configured_backends(tmp_path: Path)
     finally:
         emulator.terminate()
         emulator.wait(timeout=10)
+
+
+def test_migrate_brings_a_fresh_database_to_head(tmp_path: Path):
+    import sqlite3
+
+    done = subprocess.run(
+        [str(BIN), "migrate"],
+        env=clean_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "up to date" in done.stdout
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        tables = {row[0] for row in db.execute("select name from sqlite_master where type='table'")}
+        (version,) = db.execute("select version_num from alembic_version").fetchone()
+    assert {"usage_records", "budget_counters", "reservations", "budgets", "alerts"} <= tables
+    assert version == "0001"
