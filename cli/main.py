@@ -42,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--user")
     ask.add_argument("--json", action="store_true", help="print the whole result as JSON")
 
+    serve = commands.add_parser(
+        "serve", help="serve the OpenAI-compatible gateway (uvicorn, several workers)"
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+
     commands.add_parser(
         "migrate", help="bring the ledger database (DATABASE_URL) to the newest schema"
     )
@@ -126,6 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "emulate":
             _emulate(args)
+            return 0
+        if args.command == "serve":
+            from gateway.serve import serve
+
+            serve(args.host, args.port, args.workers)
             return 0
         if args.command == "migrate":
             from state.migrate import sync_database_url, upgrade_blocking

@@ -49,15 +49,23 @@ async def call_backend(
     """Call one backend, streaming token deltas to the graph's custom stream when asked."""
     payload = chat_payload(state, served)
     started = time.perf_counter()
+    streamed = False
     try:
         if state.get("stream"):
             writer = get_stream_writer()
-            return await client.stream(
-                payload,
-                lambda text: writer({"event": "token", "backend": backend, "text": text}),
-            )
+
+            def forward(text: str) -> None:
+                nonlocal streamed
+                streamed = True
+                writer({"event": "token", "backend": backend, "text": text})
+
+            return await client.stream(payload, forward)
         return await client.complete(payload)
     except BackendError as error:
+        if streamed:
+            # the caller already holds part of this answer: a retry would repeat its start
+            error.transient = False
+            error.detail += " (after the answer began streaming)"
         error.model = model
         error.latency_ms = (time.perf_counter() - started) * 1000  # type: ignore[attr-defined]
         raise

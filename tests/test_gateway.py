@@ -28,7 +28,8 @@ from langchain_openai import ChatOpenAI
 
 from backends.catalog import get_catalog
 from backends.emulator import _EmbeddedServer
-from gateway.app import create_app
+from gateway.app import _draining, _events, _StreamRun, create_app
+from gateway.openai_format import ChunkWriter
 from state.context import Services
 from tests.conftest import Harness
 
@@ -409,6 +410,48 @@ async def test_models_lists_the_catalog_and_auto(gateway: Gateway):
         assert set(entry.backends) == {b for b in ("serverless", "gpu") if spec.offered_on(b)}
 
 
+async def test_fallback_after_partial_output_ends_the_stream_and_lets_the_run_finish():
+    # No emulator breaks off mid-stream, so the run's events are scripted here.
+    finished = asyncio.Event()
+
+    async def run_events() -> AsyncIterator[tuple[str, Any]]:
+        yield "custom", {"event": "token", "backend": "gpu", "text": "Hel"}
+        yield "custom", {"event": "token", "backend": "gpu", "text": "lo"}
+        yield "custom", {"event": "token", "backend": "serverless", "text": "Hi"}
+        yield "custom", {"event": "token", "backend": "serverless", "text": " there"}
+        yield "values", {"routing": {"backend": "serverless"}, "cost_usd": 0.001}
+        finished.set()
+
+    run = _StreamRun(run_events())
+    assert await run.first_token() == ("gpu", "Hel")
+    writer = ChunkWriter("r1", "llama3.1-8b-instruct")
+    body = b"".join([part async for part in _events(run, writer, "gpu", "Hel", True, "r1")])
+    events = body.decode().split("\n\n")
+    contents = [orjson.loads(e[6:])["choices"][0]["delta"].get("content") for e in events[:3]]
+    assert contents == ["", "Hel", "lo"]
+    error = orjson.loads(events[3].removeprefix("data: "))["error"]
+    assert error["code"] == "stream_interrupted" and "fell back to serverless" in error["message"]
+    assert events[4:] == ["data: [DONE]", ""]
+    await asyncio.gather(*_draining)
+    assert finished.is_set()  # drained: the graph reaches its ledger row
+
+
+def test_a_stream_without_tokens_still_has_role_finish_usage_and_done():
+    result = {
+        "finish_reason": "length",
+        "usage": {"prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3},
+        "routing": {"backend": "gpu", "model": "m", "reason": "r", "attempts": []},
+        "cost_usd": 0.0,
+    }
+    body = ChunkWriter("r2", "m").end(result, True, with_role=True).decode()
+    events = [orjson.loads(e[6:]) for e in body.split("\n\n")[:3]]
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert events[1]["choices"][0]["finish_reason"] == "length"
+    assert events[1]["routing"]["backend"] == "gpu" and events[1]["routing"]["cost_usd"] == 0.0
+    assert events[2]["choices"] == [] and events[2]["usage"]["total_tokens"] == 3
+    assert body.endswith("data: [DONE]\n\n")
+
+
 def test_importing_the_app_builds_nothing():
     code = (
         "import sys, gateway.app as g, state.context as c; "
@@ -484,9 +527,7 @@ async def test_gateway_answers_beside_the_graph_api_in_langgraph_dev(langgraph_d
     async with openai.AsyncOpenAI(
         base_url=f"{langgraph_dev}/v1", api_key="x", max_retries=0, timeout=60
     ) as client:
-        raw = await client.chat.completions.with_raw_response.create(
-            model="auto", messages=HELLO
-        )
+        raw = await client.chat.completions.with_raw_response.create(model="auto", messages=HELLO)
         completion = raw.parse()
         assert "emulator" in completion.choices[0].message.content
         assert completion.model == raw.headers["x-router-model"] == "llama3.1-8b-instruct"
@@ -507,3 +548,5 @@ async def test_gateway_answers_beside_the_graph_api_in_langgraph_dev(langgraph_d
         assert (await http.get("/ok")).status_code == 200
         assistants = await http.post("/assistants/search", json={"graph_id": "router"})
         assert assistants.status_code == 200 and assistants.json()
+        paths = (await http.get("/openapi.json")).json()["paths"]
+        assert "/v1/chat/completions" in paths and "/v1/models" in paths

@@ -1,0 +1,349 @@
+"""The OpenAI-compatible gateway: ``/v1/chat/completions`` and ``/v1/models`` over the router.
+
+Served on its own (:mod:`gateway.serve`) or beside the LangGraph graph API
+(``langgraph.json``: ``"http": {"app": "gateway.app:app"}``). Each chat request
+runs the ``router`` graph with ``context=Context(services=await services())``.
+
+Non-streaming answers are OpenAI ``chat.completion`` objects plus a ``routing``
+object ``{backend, model, reason, cost_usd, complexity, attempts}``, with the
+headers ``x-router-backend``, ``x-router-model``, ``x-router-cost-usd`` and
+``x-request-id``.
+
+Streaming answers (``stream: true``) are ``text/event-stream`` OpenAI
+``chat.completion.chunk`` events::
+
+    data: {... "choices":[{"index":0,"delta":{"role":"assistant","content":""}, ...}]}
+    data: {... "choices":[{"index":0,"delta":{"content":"<token>"}, ...}]}     (one per delta)
+    data: {... "choices":[{"index":0,"delta":{},"finish_reason":"stop"}], "routing":{...}}
+    data: {... "choices":[], "usage":{...}}         (only with stream_options.include_usage)
+    data: [DONE]
+
+The response starts when the first token arrives (or the graph ends), so a
+failure before any token is an ordinary HTTP error, and ``x-router-backend`` /
+``x-router-model`` name the backend that actually streams (after any fallback).
+The cost is known only at the end: streams carry it in the final chunk's
+``routing.cost_usd``, not in a header. A failure after tokens were sent ends
+the stream with ``data: {"error": {...}}`` and ``data: [DONE]``.
+
+Errors are OpenAI error objects ``{"error": {"message", "type", "code",
+"param"}}`` with the router's status codes: 400 bad request, 402 budget
+refusal (with ``remaining_usd`` and ``resets_at``), 502 every backend failed,
+503 no backend available, 500 anything else (generic message; details only in
+the log).
+
+Importing this module does no I/O and builds no client: the services, the
+catalog and the models list are built on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, cast
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from backends.catalog import get_catalog
+from gateway.openai_format import (
+    ChatRequest,
+    ChunkWriter,
+    completion_body,
+    cost_header,
+    error_body,
+    error_event,
+    models_body,
+    parse_chat_request,
+)
+from graphs.router import graph
+from state.context import Context, Services, close_default_services, default_services
+from state.errors import RouterError
+from state.schemas import Backend
+
+logger = logging.getLogger(__name__)
+
+ServicesProvider = Callable[[], Awaitable[Services]]
+
+_JSON = "application/json"
+_SSE = "text/event-stream"
+# Token deltas come on "custom"; "values" carries the state (filtered to the keys
+# below) after each step: the routed models before the first token, the answer at
+# the end. ("updates" would add nothing: it is filtered to the same keys.)
+_STREAM_MODES = ["custom", "values"]
+# The graph's output plus the finish reason, which its output schema leaves out.
+_OUTPUT_KEYS = [
+    *graph.output_channels,
+    *(["finish_reason"] if "finish_reason" in graph.channels else []),
+]
+# Streams also need each backend's model, to name it before the answer is done.
+_STREAM_KEYS = [*_OUTPUT_KEYS, "candidates"]
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+# Background drains of interrupted streams (a reference keeps each task alive).
+_draining: set[asyncio.Task[None]] = set()
+
+
+class StreamInterruptedError(RouterError):
+    """The streaming backend failed after sending tokens and another one took over."""
+
+    status_code = 502
+    code = "stream_interrupted"
+
+    def __init__(self, first: str, second: str) -> None:
+        """Name the backend that broke off and the one that took over."""
+        super().__init__(
+            f"the {first} backend failed after part of the answer was streamed, and the "
+            f"router fell back to {second}, whose answer cannot be appended to it; "
+            "the answer above is incomplete: send the request again"
+        )
+
+
+class _StreamRun:
+    """One streaming graph run: its event iterator and what it has told so far."""
+
+    __slots__ = ("events", "values")
+
+    def __init__(self, events: AsyncIterator[tuple[str, Any]]) -> None:
+        self.events = events
+        self.values: Mapping[str, Any] = {}
+
+    async def first_token(self) -> tuple[Backend, str] | None:
+        """Advance to the first token; return its backend and text, or None at the end."""
+        async for mode, payload in self.events:
+            if mode == "custom":
+                if isinstance(payload, dict) and payload.get("event") == "token":
+                    return payload["backend"], payload["text"]
+            elif mode == "values":
+                self.values = payload
+        return None
+
+    async def aclose(self) -> None:
+        """Stop the run (it cancels the graph's tasks if it is still going)."""
+        aclose = getattr(self.events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _drain(run: _StreamRun, request_id: str) -> None:
+    """Let an interrupted run finish so its ledger row is written."""
+    try:
+        async for _ in run.events:
+            pass
+    except Exception as exc:
+        logger.warning("interrupted stream %s ended with %r", request_id, exc)
+
+
+class Gateway:
+    """The gateway's routes, bound to a services provider; built once per app."""
+
+    def __init__(self, services: ServicesProvider | None = None) -> None:
+        """Bind the provider of the router's services (the process default if None).
+
+        Args:
+            services: Returns the services every graph call runs on.
+        """
+        self._services = services or default_services
+        self._owns_default = services is None
+        self._models: bytes | None = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        """Close the default services (clients, emulators, engine) on shutdown."""
+        try:
+            yield
+        finally:
+            if self._owns_default:
+                await close_default_services()
+
+    async def chat_completions(self, request: Request) -> Response:
+        """Answer ``POST /v1/chat/completions`` (streaming or not).
+
+        The part below ``---`` is the route's OpenAPI entry (the LangGraph server
+        publishes it in its ``/docs``).
+
+        ---
+        summary: Create a chat completion (OpenAI-compatible), routed to a backend
+        tags: [OpenAI-compatible gateway]
+        requestBody:
+          required: true
+          content:
+            application/json:
+              schema:
+                type: object
+                required: [messages]
+                properties:
+                  messages: {type: array, items: {type: object}}
+                  model: {type: string, description: a catalog model id, or auto}
+                  max_tokens: {type: integer}
+                  max_completion_tokens: {type: integer}
+                  temperature: {type: number}
+                  stream: {type: boolean}
+                  stream_options: {type: object}
+                  user: {type: string}
+                  cost_priority:
+                    type: string
+                    enum: [low_cost, balanced, performance, latency_critical]
+                  force_backend: {type: string, enum: [serverless, gpu]}
+        responses:
+          '200': {description: a chat.completion object, or chat.completion.chunk events}
+          '400': {description: bad request}
+          '402': {description: over budget}
+          '500': {description: internal error}
+          '502': {description: every backend failed}
+          '503': {description: no backend available}
+        """
+        request_id = uuid.uuid4().hex
+        try:
+            parsed = parse_chat_request(await request.body(), request_id)
+            context = Context(services=await self._services())
+            if parsed.stream:
+                return await self._stream(parsed, context, request_id)
+            result = await graph.ainvoke(
+                parsed.graph_input, context=context, output_keys=_OUTPUT_KEYS
+            )
+        except Exception as exc:
+            return _error_response(exc, request_id)
+        routing = result.get("routing") or {}
+        headers = {
+            "x-router-backend": str(routing.get("backend")),
+            "x-router-model": str(routing.get("model")),
+            "x-router-cost-usd": cost_header(result.get("cost_usd") or 0.0),
+            "x-request-id": request_id,
+        }
+        return Response(completion_body(result, request_id), media_type=_JSON, headers=headers)
+
+    async def _stream(self, parsed: ChatRequest, context: Context, request_id: str) -> Response:
+        """Run the graph streaming; answer an HTTP error if it fails before any token."""
+        events = graph.astream(
+            parsed.graph_input,
+            context=context,
+            stream_mode=_STREAM_MODES,  # type: ignore[arg-type]
+            output_keys=_STREAM_KEYS,
+        )
+        run = _StreamRun(cast(AsyncIterator[tuple[str, Any]], events))
+        try:
+            first = await run.first_token()
+        except BaseException:
+            await run.aclose()
+            raise
+        if first is None:
+            # Ended without a token (an empty answer): the whole stream at once.
+            routing = run.values.get("routing") or {}
+            writer = ChunkWriter(request_id, routing.get("model"))
+            headers = {
+                **_SSE_HEADERS,
+                "x-router-backend": str(routing.get("backend")),
+                "x-router-model": str(routing.get("model")),
+                "x-request-id": request_id,
+            }
+            body = writer.end(run.values, parsed.include_usage, with_role=True)
+            return Response(body, media_type=_SSE, headers=headers)
+        backend, text = first
+        model = (run.values.get("candidates") or {}).get(backend)
+        headers = {
+            **_SSE_HEADERS,
+            "x-router-backend": backend,
+            "x-router-model": str(model),
+            "x-request-id": request_id,
+        }
+        writer = ChunkWriter(request_id, model)
+        return StreamingResponse(
+            _events(run, writer, backend, text, parsed.include_usage, request_id),
+            media_type=_SSE,
+            headers=headers,
+        )
+
+    async def models(self, request: Request) -> Response:
+        """Answer ``GET /v1/models``: ``auto`` and the catalog's models.
+
+        ---
+        summary: List the models (OpenAI-compatible), with context windows and prices
+        tags: [OpenAI-compatible gateway]
+        responses:
+          '200': {description: an OpenAI list of model objects}
+        """
+        if self._models is None:
+            # The catalog file is read off the event loop, once.
+            catalog = await asyncio.to_thread(get_catalog)
+            self._models = models_body(catalog, int(time.time()))
+        return Response(self._models, media_type=_JSON)
+
+
+async def _events(
+    run: _StreamRun,
+    writer: ChunkWriter,
+    backend: str,
+    first_text: str,
+    include_usage: bool,
+    request_id: str,
+) -> AsyncIterator[bytes]:
+    """Yield the SSE events of a stream whose first token has arrived."""
+    drained = False
+    try:
+        yield writer.role() + writer.token(first_text)
+        try:
+            async for mode, payload in run.events:
+                if mode == "custom":
+                    if isinstance(payload, dict) and payload.get("event") == "token":
+                        if payload["backend"] != backend:
+                            # A fallback after partial output: it cannot be spliced on.
+                            yield error_event(
+                                StreamInterruptedError(backend, payload["backend"]), request_id
+                            )
+                            task = asyncio.create_task(_drain(run, request_id))
+                            _draining.add(task)
+                            task.add_done_callback(_draining.discard)
+                            drained = True
+                            return
+                        yield writer.token(payload["text"])
+                elif mode == "values":
+                    run.values = payload
+        except Exception as exc:
+            yield error_event(exc, request_id)
+            return
+        yield writer.end(run.values, include_usage)
+    finally:
+        if not drained:
+            await run.aclose()
+
+
+def _error_response(exc: Exception, request_id: str) -> Response:
+    status, body = error_body(exc, request_id)
+    return Response(
+        body, status_code=status, media_type=_JSON, headers={"x-request-id": request_id}
+    )
+
+
+def create_app(services: ServicesProvider | None = None) -> Starlette:
+    """Build the gateway's ASGI app.
+
+    Building it does no I/O: services, clients and the models list are built on
+    the first request that needs them.
+
+    Args:
+        services: Returns the router's services for each request; None uses
+            :func:`state.context.default_services` (built from the environment
+            once per process and event loop, starting local emulators when no
+            backend is configured).
+
+    Returns:
+        A Starlette app with ``POST /v1/chat/completions`` and ``GET /v1/models``.
+    """
+    gateway = Gateway(services)
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
+            Route("/v1/models", gateway.models, methods=["GET"]),
+        ],
+        lifespan=gateway.lifespan,
+    )
+    app.state.gateway = gateway
+    return app
+
+
+app = create_app()

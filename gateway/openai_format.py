@@ -1,0 +1,423 @@
+"""The OpenAI chat-completions wire format: requests in, answers, chunks and errors out.
+
+Pure functions and small byte templates, no I/O: :func:`parse_chat_request`
+turns an OpenAI request body into the router graph's input;
+:func:`completion_body`, :class:`ChunkWriter` and :func:`error_payload` shape
+what goes back. Everything is (de)serialized with orjson, and the per-token
+stream chunk is assembled from byte templates built once per stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from backends.catalog import Catalog
+from state.errors import BadRequestError, BudgetExceededError, RouterError
+from state.schemas import BACKENDS, RouterInput
+
+logger = logging.getLogger(__name__)
+
+DONE = b"data: [DONE]\n\n"
+AUTO_MODEL = "auto"
+_MAX_USER_CHARS = 128  # the ledger's ``user`` column
+
+
+class GatewayRequestError(BadRequestError):
+    """A request the gateway refuses before the graph runs; names the offending field."""
+
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str = "invalid_value"
+    ) -> None:
+        """Keep the message, the field (``param``) and the OpenAI error code."""
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A parsed chat-completions request."""
+
+    graph_input: RouterInput
+    stream: bool
+    include_usage: bool
+
+
+def _positive_int(body: Mapping[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise GatewayRequestError(
+            f"'{name}' must be a positive integer (the most output tokens to generate), "
+            f"got {value!r:.40}",
+            param=name,
+        )
+    return value
+
+
+def _optional_bool(body: Mapping[str, Any], name: str, param: str | None = None) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise GatewayRequestError(
+            f"'{param or name}' must be true or false, got {value!r:.40}", param=param or name
+        )
+    return value
+
+
+def parse_chat_request(raw: bytes, request_id: str) -> ChatRequest:
+    """Turn an OpenAI chat-completions body into the router graph's input.
+
+    Only the envelope is checked here (JSON object, ``n``, ``stream``, token
+    limits, ``user``); the messages and the routing hints are validated by the
+    graph's ``analyze_complexity`` node. Unknown OpenAI fields (``top_p``,
+    ``stop``, ``seed``, ...) are ignored.
+
+    Args:
+        raw: The request body.
+        request_id: The id the gateway gave this request (ledger row, response id).
+
+    Returns:
+        The graph input and how to answer (streaming, usage chunk).
+
+    Raises:
+        GatewayRequestError: The body is not a JSON object, or a field is malformed.
+    """
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise GatewayRequestError(
+            f"the request body is not valid JSON ({exc}); send a JSON object such as "
+            '{"model": "auto", "messages": [{"role": "user", "content": "Hello!"}]}',
+            code="invalid_json",
+        ) from None
+    if not isinstance(body, dict):
+        raise GatewayRequestError(
+            f"the request body must be a JSON object, got a JSON {type(body).__name__}; send "
+            '{"model": "auto", "messages": [{"role": "user", "content": "Hello!"}]}',
+            code="invalid_json",
+        )
+    if "messages" not in body:
+        raise GatewayRequestError(
+            "'messages' is required: a non-empty list such as "
+            '[{"role": "user", "content": "Hello!"}]',
+            param="messages",
+            code="missing_required_parameter",
+        )
+    n = body.get("n")
+    if n is not None and n != 1:
+        if isinstance(n, int) and not isinstance(n, bool) and n > 1:
+            raise GatewayRequestError(
+                f"n={n} is not supported: the router returns one choice per request; "
+                "send n=1 or leave it out, and send several requests for several answers",
+                param="n",
+                code="unsupported_value",
+            )
+        raise GatewayRequestError(f"'n' must be 1, got {n!r:.40}", param="n")
+
+    stream = _optional_bool(body, "stream")
+    include_usage = False
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise GatewayRequestError(
+                "'stream_options' must be an object like {\"include_usage\": true}",
+                param="stream_options",
+            )
+        include_usage = _optional_bool(options, "include_usage", "stream_options.include_usage")
+
+    graph_input: RouterInput = {"messages": body["messages"], "request_id": request_id}
+    limits = [
+        value
+        for value in (
+            _positive_int(body, "max_tokens"),
+            _positive_int(body, "max_completion_tokens"),
+        )
+        if value is not None
+    ]
+    if limits:
+        graph_input["max_tokens"] = min(limits)
+    model = body.get("model")
+    if model is not None:
+        if not isinstance(model, str):
+            raise GatewayRequestError(
+                f"'model' must be a model id string or 'auto', got {model!r:.40}", param="model"
+            )
+        graph_input["model"] = model
+    user = body.get("user")
+    if user is not None:
+        if not isinstance(user, str) or len(user) > _MAX_USER_CHARS:
+            raise GatewayRequestError(
+                f"'user' must be a string of at most {_MAX_USER_CHARS} characters",
+                param="user",
+            )
+        graph_input["user"] = user
+    # Checked by the graph, which names the allowed values.
+    for key in ("temperature", "cost_priority", "force_backend"):
+        value = body.get(key)
+        if value is not None:
+            graph_input[key] = value
+    if stream:
+        graph_input["stream"] = True
+    return ChatRequest(graph_input=graph_input, stream=stream, include_usage=include_usage)
+
+
+def routing_object(result: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the ``routing`` object of an answer: the graph's routing plus the cost.
+
+    Args:
+        result: The graph's final values (``routing``, ``cost_usd``).
+
+    Returns:
+        ``{backend, model, reason, cost_usd, complexity, attempts}``.
+    """
+    routing = result.get("routing") or {}
+    return {
+        "backend": routing.get("backend"),
+        "model": routing.get("model"),
+        "reason": routing.get("reason", ""),
+        "cost_usd": float(result.get("cost_usd") or 0.0),
+        "complexity": routing.get("complexity"),
+        "attempts": routing.get("attempts", []),
+    }
+
+
+def cost_header(cost_usd: float) -> str:
+    """Format a cost for the ``x-router-cost-usd`` header: plain decimal, exact round trip.
+
+    Args:
+        cost_usd: The request's cost.
+
+    Returns:
+        The shortest decimal that reads back as the same float, without an exponent.
+    """
+    return format(Decimal(repr(float(cost_usd))), "f")
+
+
+def completion_body(result: Mapping[str, Any], request_id: str) -> bytes:
+    """Return a non-streaming ``chat.completion`` answer.
+
+    Args:
+        result: The graph's final values, with ``finish_reason`` when available.
+        request_id: The request's id.
+
+    Returns:
+        The JSON body, with our ``routing`` object beside OpenAI's fields.
+    """
+    routing = routing_object(result)
+    return orjson.dumps(
+        {
+            "id": f"chatcmpl-{request_id}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": routing["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": result.get("response") or {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": result.get("finish_reason") or "stop",
+                }
+            ],
+            "usage": result.get("usage"),
+            "routing": routing,
+        }
+    )
+
+
+def error_payload(exc: BaseException, request_id: str) -> tuple[int, dict[str, Any]]:
+    """Map an exception to an HTTP status and an OpenAI error object.
+
+    The router's typed errors keep their status, code and message (written to be
+    shown to callers, never holding secrets); a budget refusal adds
+    ``remaining_usd`` and ``resets_at``. Anything else is logged here and
+    answered 500 with a generic message naming only the request id.
+
+    Args:
+        exc: What went wrong.
+        request_id: The request's id, for the log and the generic message.
+
+    Returns:
+        The HTTP status and ``{"message", "type", "code", "param", ...}``.
+    """
+    if isinstance(exc, RouterError):
+        error = exc.to_dict()
+        error.setdefault("param", getattr(exc, "param", None))
+        if isinstance(exc, BudgetExceededError):
+            error.setdefault("remaining_usd", exc.remaining_usd)
+            error.setdefault("resets_at", exc.resets_at)
+        return exc.status_code, error
+    logger.error("request %s failed", request_id, exc_info=exc)
+    return 500, {
+        "message": f"the router failed on this request (request id {request_id}); "
+        "retry, and if it persists report the request id to the operator",
+        "type": "server_error",
+        "code": "internal_error",
+        "param": None,
+    }
+
+
+def error_body(exc: BaseException, request_id: str) -> tuple[int, bytes]:
+    """Return the HTTP status and JSON body of an error answer.
+
+    Args:
+        exc: What went wrong.
+        request_id: The request's id.
+
+    Returns:
+        The status and ``{"error": {...}}`` as bytes.
+    """
+    status, error = error_payload(exc, request_id)
+    return status, orjson.dumps({"error": error})
+
+
+def error_event(exc: BaseException, request_id: str) -> bytes:
+    """Return the SSE events that end a stream which failed after tokens were sent.
+
+    Args:
+        exc: What went wrong.
+        request_id: The request's id.
+
+    Returns:
+        ``data: {"error": {...}}`` followed by ``data: [DONE]``.
+    """
+    _, error = error_payload(exc, request_id)
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\n" + DONE
+
+
+class ChunkWriter:
+    """The ``chat.completion.chunk`` events of one stream, from per-stream byte templates."""
+
+    __slots__ = ("_head", "_token_head", "_id", "_created", "_model")
+
+    _TOKEN_TAIL = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+
+    def __init__(self, request_id: str, model: str | None) -> None:
+        """Build the templates once for this stream.
+
+        Args:
+            request_id: The request's id (the chunks' id is ``chatcmpl-<request_id>``).
+            model: The routed model, shown in every chunk.
+        """
+        self._id = f"chatcmpl-{request_id}"
+        self._created = int(time.time())
+        self._model = model
+        self._head = b'data: {"id":%s,"object":"chat.completion.chunk","created":%d,"model":%s,' % (
+            orjson.dumps(self._id),
+            self._created,
+            orjson.dumps(model),
+        )
+        self._token_head = self._head + b'"choices":[{"index":0,"delta":{"content":'
+
+    def role(self) -> bytes:
+        """Return the first chunk: the assistant role with empty content."""
+        return (
+            self._head
+            + b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
+            + b'"logprobs":null,"finish_reason":null}]}\n\n'
+        )
+
+    def token(self, text: str) -> bytes:
+        """Return one content delta."""
+        return self._token_head + orjson.dumps(text) + self._TOKEN_TAIL
+
+    def _event(self, fields: dict[str, Any]) -> bytes:
+        return (
+            b"data: "
+            + orjson.dumps(
+                {
+                    "id": self._id,
+                    "object": "chat.completion.chunk",
+                    "created": self._created,
+                    "model": self._model,
+                    **fields,
+                }
+            )
+            + b"\n\n"
+        )
+
+    def finish(self, finish_reason: str | None, routing: dict[str, Any]) -> bytes:
+        """Return the last choice chunk: the finish reason and the ``routing`` object."""
+        return self._event(
+            {
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {},
+                        "logprobs": None,
+                        "finish_reason": finish_reason or "stop",
+                    }
+                ],
+                "routing": routing,
+            }
+        )
+
+    def usage(self, usage: Mapping[str, Any] | None) -> bytes:
+        """Return the usage chunk (``choices: []``), sent when ``include_usage`` is true."""
+        return self._event({"choices": [], "usage": usage})
+
+    def end(
+        self, result: Mapping[str, Any], include_usage: bool, *, with_role: bool = False
+    ) -> bytes:
+        """Return the end of a stream: finish chunk, usage chunk if asked, ``[DONE]``.
+
+        Args:
+            result: The graph's final values.
+            include_usage: Whether the caller asked for the usage chunk.
+            with_role: Also start with the role chunk (a stream without any token).
+
+        Returns:
+            The SSE bytes.
+        """
+        parts = [self.role()] if with_role else []
+        parts.append(self.finish(result.get("finish_reason"), routing_object(result)))
+        if include_usage:
+            parts.append(self.usage(result.get("usage")))
+        parts.append(DONE)
+        return b"".join(parts)
+
+
+def models_body(catalog: Catalog, created: int) -> bytes:
+    """Return the ``GET /v1/models`` list: ``auto`` first, then every catalog model.
+
+    Args:
+        catalog: The model catalog.
+        created: The ``created`` timestamp to show.
+
+    Returns:
+        The JSON body; each model carries its context window, prices, tier and backends.
+    """
+    data: list[dict[str, Any]] = [
+        {
+            "id": AUTO_MODEL,
+            "object": "model",
+            "created": created,
+            "owned_by": "hybrid-router",
+            "description": "the router picks the model and the backend for each request",
+            "backends": list(BACKENDS),
+        }
+    ]
+    for model in catalog.models:
+        data.append(
+            {
+                "id": model.id,
+                "object": "model",
+                "created": created,
+                "owned_by": "hybrid-router",
+                "context_window": model.context_window,
+                "input_usd_per_mtok": model.input_usd_per_mtok,
+                "output_usd_per_mtok": model.output_usd_per_mtok,
+                "tier": model.tier,
+                "backends": [b for b in BACKENDS if model.offered_on(b)],
+            }
+        )
+    return orjson.dumps({"object": "list", "data": data})
