@@ -154,6 +154,21 @@ class Crossing:
     limit_usd: float
 
 
+async def _counter_values(conn: AsyncConnection, window: BudgetWindow) -> tuple[float, float]:
+    """Return a window's committed and reserved spend (zero before its first reservation)."""
+    row = (
+        await conn.execute(
+            select(BudgetCounter.committed_usd, BudgetCounter.reserved_usd).where(
+                BudgetCounter.scope == window.scope,
+                BudgetCounter.scope_key == window.scope_key,
+                BudgetCounter.period == window.period,
+                BudgetCounter.window_key == window.window_key,
+            )
+        )
+    ).first()
+    return (row[0], row[1]) if row else (0.0, 0.0)
+
+
 class _Refusal(Exception):
     def __init__(self, window: BudgetWindow) -> None:
         super().__init__(window.label())
@@ -340,17 +355,7 @@ class BudgetBook:
 
     async def _refused(self, window: BudgetWindow, amount: float) -> Refused:
         async with self.ledger.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(BudgetCounter.committed_usd, BudgetCounter.reserved_usd).where(
-                        BudgetCounter.scope == window.scope,
-                        BudgetCounter.scope_key == window.scope_key,
-                        BudgetCounter.period == window.period,
-                        BudgetCounter.window_key == window.window_key,
-                    )
-                )
-            ).first()
-        committed, reserved = (row[0], row[1]) if row else (0.0, 0.0)
+            committed, reserved = await _counter_values(conn, window)
         return Refused(window, committed, reserved, amount)
 
     async def settle(
@@ -477,17 +482,7 @@ class BudgetBook:
         report = []
         async with self.ledger.engine.connect() as conn:
             for window in windows:
-                row = (
-                    await conn.execute(
-                        select(BudgetCounter.committed_usd, BudgetCounter.reserved_usd).where(
-                            BudgetCounter.scope == window.scope,
-                            BudgetCounter.scope_key == window.scope_key,
-                            BudgetCounter.period == window.period,
-                            BudgetCounter.window_key == window.window_key,
-                        )
-                    )
-                ).first()
-                committed, reserved = (row[0], row[1]) if row else (0.0, 0.0)
+                committed, reserved = await _counter_values(conn, window)
                 report.append(
                     {
                         "scope": window.scope,

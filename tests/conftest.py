@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 os.environ.setdefault("LANGSMITH_TRACING", "false")
@@ -108,3 +114,63 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[st
     finally:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def langgraph_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Serve the project with `langgraph dev` on emulated backends; yield its URL."""
+    port = free_port()
+    tmp = tmp_path_factory.mktemp("langgraph-dev")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"LAMBDA_API_KEY", "GPU_ENDPOINTS", "DATABASE_URL"}
+    }
+    env.update(
+        DATABASE_URL=f"sqlite:///{tmp}/ledger.db",
+        LANGGRAPH_CLI_NO_ANALYTICS="1",
+        LANGGRAPH_NO_VERSION_CHECK="true",
+        LANGSMITH_TRACING="false",
+        EMULATOR_TTFT_MS="0",
+        EMULATOR_TPOT_MS="0",
+    )
+    langgraph = Path(sys.executable).parent / "langgraph"
+    log_path = tmp / "server.log"
+    command = [str(langgraph), "dev", "--no-browser", "--port", str(port)]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [*command, "--n-jobs-per-worker", "4"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and process.poll() is None:
+                try:
+                    if httpx.get(f"{url}/ok", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.25)
+            if process.poll() is not None or time.monotonic() >= deadline:
+                pytest.fail(f"langgraph dev did not start:\n{log_path.read_text()[-3000:]}")
+            yield url
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)

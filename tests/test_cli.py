@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+
+from tests.conftest import free_port
 
 BIN = Path(sys.executable).parent / "hybrid-router"
 
@@ -25,21 +26,19 @@ def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_ask_runs_on_emulators_when_nothing_is_configured(tmp_path: Path):
-    done = subprocess.run(
-        [str(BIN), "ask", "Hello!", "--json"],
-        env=clean_env(tmp_path),
+def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN), *args],
+        env=clean_env(tmp_path, **env),
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_ask_runs_on_emulators_when_nothing_is_configured(tmp_path: Path):
+    done = run_cli(tmp_path, "ask", "Hello!", "--json")
     assert done.returncode == 0, done.stderr
     assert "using two local emulators" in done.stderr
     result = json.loads(done.stdout)
@@ -49,14 +48,7 @@ def test_ask_runs_on_emulators_when_nothing_is_configured(tmp_path: Path):
 
 
 def test_ask_prints_routing_usage_and_cost(tmp_path: Path):
-    done = subprocess.run(
-        [str(BIN), "ask", "Hello!", "--force-backend", "serverless"],
-        env=clean_env(tmp_path),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_cli(tmp_path, "ask", "Hello!", "--force-backend", "serverless")
     assert done.returncode == 0, done.stderr
     for label in (
         "backend:    serverless",
@@ -70,22 +62,10 @@ def test_ask_prints_routing_usage_and_cost(tmp_path: Path):
 
 
 def test_bad_input_and_bad_configuration_give_clear_errors(tmp_path: Path):
-    empty = subprocess.run(
-        [str(BIN), "ask", "   "],
-        env=clean_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    empty = run_cli(tmp_path, "ask", "   ")
     assert empty.returncode == 2
     assert "bad request" in empty.stderr and "at least one message" in empty.stderr
-    bad = subprocess.run(
-        [str(BIN), "ask", "Hello!"],
-        env=clean_env(tmp_path, GPU_ENDPOINTS="not-a-url", SERVERLESS_RATIO="2"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = run_cli(tmp_path, "ask", "Hello!", GPU_ENDPOINTS="not-a-url", SERVERLESS_RATIO="2")
     assert bad.returncode == 2
     assert "GPU_ENDPOINTS entry 'not-a-url'" in bad.stderr
     assert "serverless_ratio" in bad.stderr
@@ -108,19 +88,16 @@ def test_emulate_command_serves_and_ask_uses_configured_backends(tmp_path: Path)
             except httpx.HTTPError:
                 time.sleep(0.2)
         url = f"http://127.0.0.1:{port}/v1"
-        done = subprocess.run(
-            [str(BIN), "ask", "Hello!", "--json"],
-            env=clean_env(
-                tmp_path,
-                LAMBDA_API_KEY="k-123",
-                GPU_API_KEY="k-123",
-                LAMBDA_API_BASE=url,
-                GPU_ENDPOINTS=url,
-                SERVERLESS_RATIO="1",
-            ),
-            capture_output=True,
-            text=True,
-            timeout=120,
+        done = run_cli(
+            tmp_path,
+            "ask",
+            "Hello!",
+            "--json",
+            LAMBDA_API_KEY="k-123",
+            GPU_API_KEY="k-123",
+            LAMBDA_API_BASE=url,
+            GPU_ENDPOINTS=url,
+            SERVERLESS_RATIO="1",
         )
         assert done.returncode == 0, done.stderr
         assert "local emulators" not in done.stderr
@@ -133,14 +110,7 @@ def test_emulate_command_serves_and_ask_uses_configured_backends(tmp_path: Path)
 def test_migrate_brings_a_fresh_database_to_head(tmp_path: Path):
     import sqlite3
 
-    done = subprocess.run(
-        [str(BIN), "migrate"],
-        env=clean_env(tmp_path),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_cli(tmp_path, "migrate")
     assert done.returncode == 0, done.stderr
     assert "up to date" in done.stdout
     with sqlite3.connect(tmp_path / "ledger.db") as db:
