@@ -1,5 +1,5 @@
-# Two entry points: `make ask` (set up and run the main job) and `make test`
-# (set up and run ruff, mypy and the tests). Both install into .venv.
+# Two entry points: `make serve` (set up and run the router's server) and
+# `make test` (set up and run ruff, mypy and the tests). Both install into .venv.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +9,7 @@ export LANGSMITH_TEST_TRACKING ?= false
 export LANGGRAPH_CLI_NO_ANALYTICS ?= 1
 export LANGGRAPH_NO_VERSION_CHECK ?= true
 
-.PHONY: ask dev test lint install install-test
+.PHONY: serve ask dev test lint install install-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+
+serve: install
+	$(BIN)/hybrid-router serve --host $${HOST:-127.0.0.1} --port $${PORT:-8000} --workers $${WORKERS:-1}
 
 ask: install
 	$(BIN)/hybrid-router ask "$(PROMPT)"

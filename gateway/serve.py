@@ -1,14 +1,24 @@
-"""Serve the OpenAI-compatible gateway with uvicorn, on its own (without the graph API).
+"""``hybrid-router serve``: the gateway, the dashboard and the graph API with uvicorn.
 
-``langgraph dev`` serves the same routes beside the graph API (``langgraph.json``);
-this is the lean way for production traffic and benchmarks.
+``langgraph dev`` serves the same routes beside the LangGraph server's graph API
+(``langgraph.json``); this is the production server: several workers, no
+LangGraph license, the ledger shared through ``DATABASE_URL``. With no backend
+configured it starts two local emulators once, shared by every worker.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 
-APP = "gateway.app:app"
+import httpx
+
+APP = "gateway.standalone:app"
 
 
 def _free_port(host: str) -> int:
@@ -37,13 +47,71 @@ def gateway_url(host: str, port: int) -> str:
     return f"http://{host}:{port}/v1"
 
 
-def serve(host: str, port: int, workers: int) -> None:
-    """Run the gateway until interrupted.
+@contextlib.contextmanager
+def local_emulators() -> Iterator[tuple[str, str]]:
+    """Start the serverless and GPU emulators as processes; yield their base URLs."""
+    from backends.catalog import get_catalog
+    from state.settings import get_settings
 
-    The app is given to uvicorn as the import string ``gateway.app:app``, so
-    ``workers > 1`` runs uvicorn's multi-process mode; each worker builds its own
-    services on its first request (with no backend configured, each starts its
-    own pair of local emulators).
+    settings = get_settings()
+    catalog = get_catalog()
+    processes: list[subprocess.Popen[bytes]] = []
+    urls: list[str] = []
+    try:
+        for name in ("serverless", "gpu"):
+            models = [m.served_name(name) for m in catalog.offered(name)]
+            emulator_port = _free_port("127.0.0.1")
+            processes.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "cli.main",
+                        "emulate",
+                        "--port",
+                        str(emulator_port),
+                        "--name",
+                        name,
+                        "--models",
+                        ",".join(models),
+                        "--ttft-ms",
+                        str(settings.emulator_ttft_ms),
+                        "--tpot-ms",
+                        str(settings.emulator_tpot_ms),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                )
+            )
+            urls.append(f"http://127.0.0.1:{emulator_port}/v1")
+        for url in urls:
+            _wait_until_up(url.removesuffix("/v1") + "/health")
+        yield urls[0], urls[1]
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=10)
+
+
+def _wait_until_up(url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the local emulator at {url} did not start within {timeout_s:.0f} s")
+
+
+def serve(host: str, port: int, workers: int) -> None:
+    """Run the server until interrupted.
+
+    The app is given to uvicorn as an import string, so ``workers > 1`` runs
+    uvicorn's multi-process mode. With neither ``LAMBDA_API_KEY`` nor
+    ``GPU_ENDPOINTS`` set, two local emulators are started first and every
+    worker uses them.
 
     Args:
         host: Interface to listen on.
@@ -59,21 +127,33 @@ def serve(host: str, port: int, workers: int) -> None:
     if port == 0:
         port = _free_port(host or "0.0.0.0")
     base = gateway_url(host, port)
-    print(f"Hybrid router gateway (OpenAI-compatible) at {base}", flush=True)
-    print(f"  POST {base}/chat/completions", flush=True)
-    print(f"  GET  {base}/models", flush=True)
-    print(f"  workers: {workers}", flush=True)
-    if get_settings().emulated:
-        print(
-            "  No LAMBDA_API_KEY and no GPU_ENDPOINTS set: answers come from local emulators.",
-            flush=True,
+    root = base.removesuffix("/v1")
+    with contextlib.ExitStack() as stack:
+        if get_settings().emulated:
+            serverless_url, gpu_url = stack.enter_context(local_emulators())
+            os.environ.update(
+                LAMBDA_API_KEY="emulated",
+                LAMBDA_API_BASE=serverless_url,
+                GPU_ENDPOINTS=gpu_url,
+            )
+            get_settings.cache_clear()
+            print(
+                "No LAMBDA_API_KEY and no GPU_ENDPOINTS set: started two local emulators "
+                f"(serverless {serverless_url}, gpu {gpu_url}); every answer says it is "
+                "emulated.",
+                flush=True,
+            )
+        print(f"Hybrid router ({workers} worker{'s' if workers > 1 else ''}):", flush=True)
+        print(f"  OpenAI-compatible gateway  {base}  (POST /chat/completions, GET /models)")
+        print(f"  dashboard                  {root}/dashboard")
+        print(f"  graph API (langgraph-sdk)  {root}  (POST /runs/wait, /runs/stream)")
+        print(f"  health and metrics         {root}/health  {root}/metrics", flush=True)
+        uvicorn.run(
+            APP,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+            lifespan="on",
+            timeout_graceful_shutdown=10,
         )
-    uvicorn.run(
-        APP,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="info",
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
