@@ -748,14 +748,14 @@ def _base_url(sock: socket.socket, host: str) -> str:
 
 
 def _uvicorn_config(app: Starlette, embedded: bool) -> uvicorn.Config:
-    extra: dict[str, Any] = {"log_config": None} if embedded else {}
-    return uvicorn.Config(
-        app,
-        log_level="warning",
-        lifespan="off",
-        timeout_graceful_shutdown=3,
-        **extra,
+    # Embedded in someone else's process, the emulator leaves logging alone: a
+    # log level would lower the host's own uvicorn loggers, which are shared.
+    extra: dict[str, Any] = (
+        {"log_config": None, "log_level": None, "access_log": False}
+        if embedded
+        else {"log_level": "warning"}
     )
+    return uvicorn.Config(app, lifespan="off", timeout_graceful_shutdown=3, **extra)
 
 
 async def _start(server: uvicorn.Server, sock: socket.socket) -> asyncio.Task[None]:
