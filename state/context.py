@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -184,16 +184,6 @@ async def close_default_services() -> None:
     """Close the running loop's default services, if any were built."""
     services = _default_services.pop(asyncio.get_running_loop(), None)
     if services is not None:
-        await services.aclose()
-
-
-@contextlib.asynccontextmanager
-async def open_services(settings: Settings, **kwargs: object) -> AsyncIterator[Services]:
-    """Build services for ``settings`` and close them on exit."""
-    services = await build_services(settings, **kwargs)  # type: ignore[arg-type]
-    try:
-        yield services
-    finally:
         await services.aclose()
 
 

@@ -9,7 +9,6 @@ together.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from alembic import command
@@ -54,8 +53,3 @@ def upgrade_blocking(settings: Settings) -> None:
             command.upgrade(alembic_config(connection), "head")
     finally:
         engine.dispose()
-
-
-async def upgrade(settings: Settings) -> None:
-    """Upgrade the ledger database of ``settings`` to the newest migration."""
-    await asyncio.to_thread(upgrade_blocking, settings)
