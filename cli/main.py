@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
 
     commands.add_parser(
+        "mcp", help="serve the MCP tools (invoke_serverless, estimate_cost, ...) over stdio"
+    )
+
+    commands.add_parser(
         "migrate", help="bring the ledger database (DATABASE_URL) to the newest schema"
     )
 
@@ -129,7 +133,9 @@ def _emulate(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     try:
         if args.command == "emulate":
             _emulate(args)
@@ -138,6 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.serve import serve
 
             serve(args.host, args.port, args.workers)
+            return 0
+        if args.command == "mcp":
+            from mcp_server.server import run_stdio
+
+            run_stdio()
             return 0
         if args.command == "migrate":
             from state.migrate import sync_database_url, upgrade_blocking
