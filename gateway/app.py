@@ -3,6 +3,15 @@
 Served on its own (:mod:`gateway.serve`) or beside the LangGraph graph API
 (``langgraph.json``: ``"http": {"app": "gateway.app:app"}``). Each chat request
 runs the ``router`` graph with ``context=Context(services=await services())``.
+Beside it, the operational routes of :mod:`gateway.ops`: ``GET /health``,
+``/stats``, ``/usage``, ``/budget``, ``PUT /budget/{scope}/{key}`` and
+``GET /metrics`` (:mod:`gateway.metrics`; under ``langgraph dev`` the LangGraph
+server's own ``/metrics`` takes that path).
+
+With ``ROUTER_API_KEYS`` set, every route but ``/health`` needs
+``Authorization: Bearer <key>`` (:mod:`gateway.auth`), including routes mounted
+on the app later; the key's user and team replace the body's ``user`` and
+``team`` in the graph input, so budgets and the ledger see who asked.
 
 Non-streaming answers are OpenAI ``chat.completion`` objects plus a ``routing``
 object ``{backend, model, reason, cost_usd, complexity, attempts}``, with the
@@ -42,15 +51,19 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, cast
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from backends.catalog import get_catalog
+from gateway.auth import ApiKeyMiddleware, caller
+from gateway.dashboard import create_dashboard
+from gateway.metrics import RouterMetrics
 from gateway.openai_format import (
     ChatRequest,
     ChunkWriter,
@@ -61,14 +74,16 @@ from gateway.openai_format import (
     models_body,
     parse_chat_request,
 )
+from gateway.ops import Operations, ServicesProvider
 from graphs.router import graph
-from state.context import Context, Services, close_default_services, default_services
+from state.context import Context, close_default_services, default_services
 from state.errors import RouterError
 from state.schemas import Backend
+from state.settings import RouterApiKeys, get_settings
 
 logger = logging.getLogger(__name__)
 
-ServicesProvider = Callable[[], Awaitable[Services]]
+__all__ = ["Gateway", "ServicesProvider", "create_app", "app"]
 
 _JSON = "application/json"
 _SSE = "text/event-stream"
@@ -150,6 +165,22 @@ class Gateway:
         self._services = services or default_services
         self._owns_default = services is None
         self._models: bytes | None = None
+        self._keys: RouterApiKeys | None = None
+        self.metrics = RouterMetrics()
+        self.ops = Operations(self._services, self.metrics)
+
+    async def api_keys(self) -> RouterApiKeys:
+        """Return the keys that guard the app (``ROUTER_API_KEYS``; empty: no auth).
+
+        The process default reads them from the settings, off the event loop,
+        once, without building the services; a given provider's services carry
+        theirs.
+        """
+        if not self._owns_default:
+            return (await self._services()).settings.router_api_keys
+        if self._keys is None:
+            self._keys = (await asyncio.to_thread(get_settings)).router_api_keys
+        return self._keys
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -184,7 +215,8 @@ class Gateway:
                   temperature: {type: number}
                   stream: {type: boolean}
                   stream_options: {type: object}
-                  user: {type: string}
+                  user: {type: string, description: the API key's user replaces it}
+                  team: {type: string, description: the API key's team replaces it}
                   cost_priority:
                     type: string
                     enum: [low_cost, balanced, performance, latency_critical]
@@ -192,22 +224,26 @@ class Gateway:
         responses:
           '200': {description: a chat.completion object, or chat.completion.chunk events}
           '400': {description: bad request}
+          '401': {description: missing or unknown API key (when ROUTER_API_KEYS is set)}
           '402': {description: over budget}
           '500': {description: internal error}
           '502': {description: every backend failed}
           '503': {description: no backend available}
         """
         request_id = uuid.uuid4().hex
+        started = time.perf_counter()
         try:
-            parsed = parse_chat_request(await request.body(), request_id)
+            parsed = parse_chat_request(await request.body(), request_id, caller(request))
             context = Context(services=await self._services())
             if parsed.stream:
-                return await self._stream(parsed, context, request_id)
+                return await self._stream(parsed, context, request_id, started)
             result = await graph.ainvoke(
                 parsed.graph_input, context=context, output_keys=_OUTPUT_KEYS
             )
         except Exception as exc:
+            self.metrics.observe_error(exc, time.perf_counter() - started)
             return _error_response(exc, request_id)
+        self.metrics.observe_result(result, time.perf_counter() - started)
         routing = result.get("routing") or {}
         headers = {
             "x-router-backend": str(routing.get("backend")),
@@ -217,7 +253,9 @@ class Gateway:
         }
         return Response(completion_body(result, request_id), media_type=_JSON, headers=headers)
 
-    async def _stream(self, parsed: ChatRequest, context: Context, request_id: str) -> Response:
+    async def _stream(
+        self, parsed: ChatRequest, context: Context, request_id: str, started: float
+    ) -> Response:
         """Run the graph streaming; answer an HTTP error if it fails before any token."""
         events = graph.astream(
             parsed.graph_input,
@@ -242,8 +280,10 @@ class Gateway:
                 "x-request-id": request_id,
             }
             body = writer.end(run.values, parsed.include_usage, with_role=True)
+            self.metrics.observe_result(run.values, time.perf_counter() - started)
             return Response(body, media_type=_SSE, headers=headers)
         backend, text = first
+        self.metrics.observe_first_token(backend, time.perf_counter() - started)
         model = (run.values.get("candidates") or {}).get(backend)
         headers = {
             **_SSE_HEADERS,
@@ -252,8 +292,17 @@ class Gateway:
             "x-request-id": request_id,
         }
         writer = ChunkWriter(request_id, model)
+        metrics = self.metrics
+
+        def on_end(outcome: BaseException | None, status: str | None = None) -> None:
+            latency = time.perf_counter() - started
+            if outcome is None:
+                metrics.observe_result(run.values, latency)
+            else:
+                metrics.observe_error(outcome, latency, backend=backend, model=model, status=status)
+
         return StreamingResponse(
-            _events(run, writer, backend, text, parsed.include_usage, request_id),
+            _events(run, writer, backend, text, parsed.include_usage, request_id, on_end=on_end),
             media_type=_SSE,
             headers=headers,
         )
@@ -274,6 +323,14 @@ class Gateway:
         return Response(self._models, media_type=_JSON)
 
 
+StreamEnd = Callable[[BaseException | None, str | None], None]
+"""Told how a stream ended: None (answered), or the error (and a status label)."""
+
+
+class _ClientClosed(Exception):
+    """The client went away before the stream's end (for the metrics only)."""
+
+
 async def _events(
     run: _StreamRun,
     writer: ChunkWriter,
@@ -281,9 +338,19 @@ async def _events(
     first_text: str,
     include_usage: bool,
     request_id: str,
+    *,
+    on_end: StreamEnd | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the SSE events of a stream whose first token has arrived."""
     drained = False
+    ended = False
+
+    def end(outcome: BaseException | None, status: str | None = None) -> None:
+        nonlocal ended
+        ended = True
+        if on_end is not None:
+            on_end(outcome, status)
+
     try:
         yield writer.role() + writer.token(first_text)
         try:
@@ -292,9 +359,9 @@ async def _events(
                     if isinstance(payload, dict) and payload.get("event") == "token":
                         if payload["backend"] != backend:
                             # A fallback after partial output: it cannot be spliced on.
-                            yield error_event(
-                                StreamInterruptedError(backend, payload["backend"]), request_id
-                            )
+                            interrupted = StreamInterruptedError(backend, payload["backend"])
+                            end(interrupted)
+                            yield error_event(interrupted, request_id)
                             task = asyncio.create_task(_drain(run, request_id))
                             _draining.add(task)
                             task.add_done_callback(_draining.discard)
@@ -304,10 +371,14 @@ async def _events(
                 elif mode == "values":
                     run.values = payload
         except Exception as exc:
+            end(exc)
             yield error_event(exc, request_id)
             return
+        end(None)
         yield writer.end(run.values, include_usage)
     finally:
+        if not ended:
+            end(_ClientClosed(), "cancelled")
         if not drained:
             await run.aclose()
 
@@ -323,23 +394,36 @@ def create_app(services: ServicesProvider | None = None) -> Starlette:
     """Build the gateway's ASGI app.
 
     Building it does no I/O: services, clients and the models list are built on
-    the first request that needs them.
+    the first request that needs them. The app owns its metrics registry, so
+    several apps in one process keep separate figures.
 
     Args:
         services: Returns the router's services for each request; None uses
             :func:`state.context.default_services` (built from the environment
             once per process and event loop, starting local emulators when no
-            backend is configured).
+            backend is configured). The API keys come from the services'
+            settings (the process settings for the default).
 
     Returns:
-        A Starlette app with ``POST /v1/chat/completions`` and ``GET /v1/models``.
+        A Starlette app with ``POST /v1/chat/completions``, ``GET /v1/models``,
+        the operational routes and the dashboard, behind the API-key middleware.
     """
     gateway = Gateway(services)
+    ops = gateway.ops
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
             Route("/v1/models", gateway.models, methods=["GET"]),
+            Route("/health", ops.health, methods=["GET"]),
+            Route("/stats", ops.stats, methods=["GET"]),
+            Route("/usage", ops.usage, methods=["GET"]),
+            Route("/budget", ops.budget, methods=["GET"]),
+            Route("/budget/{scope}/{key}", ops.set_budget, methods=["PUT"]),
+            Route("/metrics", ops.metrics, methods=["GET"]),
+            # the page needs the trailing slash for its relative URLs: /dashboard redirects
+            Mount("/dashboard", app=create_dashboard(gateway._services)),
         ],
+        middleware=[Middleware(ApiKeyMiddleware, keys=gateway.api_keys)],
         lifespan=gateway.lifespan,
     )
     app.state.gateway = gateway

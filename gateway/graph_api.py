@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway.auth import caller
 from state.context import Context, Services
 from state.errors import RouterError
 
@@ -173,6 +174,10 @@ def graph_api_routes(services: Callable[[], Awaitable[Services]]) -> list[Route]
         if not isinstance(body.get("input"), dict):
             detail = "'input' must be an object such as {\"messages\": [...]}"
             return _json({"detail": detail}, 422)
+        who = caller(request)
+        if who is not None:
+            # with API keys, the key says who pays: budgets and the ledger see its owner
+            body["input"] = {**body["input"], "user": who.user, "team": who.team}
         return found[1], body
 
     async def runs_wait(request: Request) -> Response:

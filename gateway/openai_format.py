@@ -21,12 +21,13 @@ import orjson
 from backends.catalog import Catalog
 from state.errors import BadRequestError, BudgetExceededError, RouterError
 from state.schemas import BACKENDS, RouterInput
+from state.settings import ApiKeyIdentity
 
 logger = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
 AUTO_MODEL = "auto"
-_MAX_USER_CHARS = 128  # the ledger's ``user`` column
+_MAX_USER_CHARS = 128  # the ledger's ``user`` and ``team`` columns
 
 
 class GatewayRequestError(BadRequestError):
@@ -74,17 +75,30 @@ def _optional_bool(body: Mapping[str, Any], name: str, param: str | None = None)
     return value
 
 
-def parse_chat_request(raw: bytes, request_id: str) -> ChatRequest:
+def _name(body: Mapping[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and (not isinstance(value, str) or len(value) > _MAX_USER_CHARS):
+        raise GatewayRequestError(
+            f"'{name}' must be a string of at most {_MAX_USER_CHARS} characters", param=name
+        )
+    return value
+
+
+def parse_chat_request(
+    raw: bytes, request_id: str, caller: ApiKeyIdentity | None = None
+) -> ChatRequest:
     """Turn an OpenAI chat-completions body into the router graph's input.
 
     Only the envelope is checked here (JSON object, ``n``, ``stream``, token
-    limits, ``user``); the messages and the routing hints are validated by the
-    graph's ``analyze_complexity`` node. Unknown OpenAI fields (``top_p``,
-    ``stop``, ``seed``, ...) are ignored.
+    limits, ``user``, ``team``); the messages and the routing hints are
+    validated by the graph's ``analyze_complexity`` node. Unknown OpenAI fields
+    (``top_p``, ``stop``, ``seed``, ...) are ignored.
 
     Args:
         raw: The request body.
         request_id: The id the gateway gave this request (ledger row, response id).
+        caller: Who the request's API key belongs to, when authentication is on: its
+            user and team replace the body's ``user`` and ``team``.
 
     Returns:
         The graph input and how to answer (streaming, usage chunk).
@@ -153,14 +167,13 @@ def parse_chat_request(raw: bytes, request_id: str) -> ChatRequest:
                 f"'model' must be a model id string or 'auto', got {model!r:.40}", param="model"
             )
         graph_input["model"] = model
-    user = body.get("user")
+    user, team = _name(body, "user"), _name(body, "team")
+    if caller is not None:
+        user, team = caller.user, caller.team
     if user is not None:
-        if not isinstance(user, str) or len(user) > _MAX_USER_CHARS:
-            raise GatewayRequestError(
-                f"'user' must be a string of at most {_MAX_USER_CHARS} characters",
-                param="user",
-            )
         graph_input["user"] = user
+    if team is not None:
+        graph_input["team"] = team
     # Checked by the graph, which names the allowed values.
     for key in ("temperature", "cost_priority", "force_backend"):
         value = body.get(key)

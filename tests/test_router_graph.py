@@ -256,14 +256,16 @@ async def test_bad_input_gets_a_clear_error(both_up: Harness, request_body, mess
 
 
 async def test_over_budget_goes_to_gpu_by_default(both_up: Harness):
-    context = await both_up.context(lambda_daily_budget=0.0)
+    context = await both_up.context(lambda_daily_budget=0.0, serverless_ratio=1.0)
     result = await graph.ainvoke({**ANALYSIS, "force_backend": None}, context=context)
     assert result["routing"]["backend"] == "gpu"
     assert "daily budget" in result["routing"]["reason"]
 
 
 async def test_over_budget_reject_policy_raises_budget_error(both_up: Harness):
-    context = await both_up.context(lambda_monthly_budget=0.0, over_budget_policy="reject")
+    context = await both_up.context(
+        lambda_monthly_budget=0.0, over_budget_policy="reject", serverless_ratio=1.0
+    )
     with pytest.raises(BudgetExceededError, match="monthly budget") as caught:
         await graph.ainvoke(ANALYSIS, context=context)
     assert caught.value.remaining_usd == 0.0

@@ -1,0 +1,590 @@
+"""Operational routes of the gateway: health, stats, usage, budgets and metrics.
+
+- ``GET /health``: each backend's and each GPU endpoint's state (up or down,
+  latency, load); 200 when at least one backend is up, else 503. Open without
+  an API key; endpoint URLs (credentials and query stripped) are shown only to
+  callers with a valid key, or to everyone when authentication is off.
+- ``GET /stats``: today's and this month's requests per backend (and share),
+  requests by status, fallbacks and cost, from the ledger (calendar day and
+  month in ``BUDGET_TIMEZONE``, the budgets' windows).
+- ``GET /usage?days=N&group_by=day|model|backend|user``:
+  :func:`state.analytics.usage_report` over today and the ``N - 1`` days before.
+- ``GET /budget``: :meth:`state.budgets.BudgetBook.status` of the caller (the API
+  key's user and team; ``?user=&team=`` when authentication is off).
+- ``PUT /budget/{scope}/{key}``: set a user's or a team's daily and monthly limit.
+- ``GET /metrics``: Prometheus text (:mod:`gateway.metrics`).
+
+Errors are OpenAI error objects, like the chat route's. Nothing here shows a
+key: the serverless key is only sent to the serverless API's ``/models``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+from sqlalchemy import case, func, select
+from starlette.requests import Request
+from starlette.responses import Response
+
+from backends.gpu_pool import GpuEndpoint, GpuPool
+from gateway.auth import PermissionDeniedError, caller
+from gateway.metrics import RouterMetrics
+from gateway.openai_format import GatewayRequestError, error_body
+from state.analytics import GROUPINGS, GroupBy, usage_report
+from state.context import Services
+from state.ledger import UsageRecord
+from state.schemas import BACKENDS
+
+logger = logging.getLogger(__name__)
+
+ServicesProvider = Callable[[], Awaitable[Services]]
+
+SERVERLESS_TIMEOUT_S = 2.0
+"""Timeout of the health check's ``GET {LAMBDA_API_BASE}/models``."""
+PROBE_TIMEOUT_S = 2.5
+"""How long ``/health`` waits for a fresh probe of the GPU pool."""
+MAX_DAYS = 366
+_MAX_NAME_CHARS = 128  # the ledger's user and team columns
+_BUDGET_FIELDS = ("daily_usd", "monthly_usd")
+_JSON = "application/json"
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type=_JSON)
+
+
+def _error(exc: BaseException) -> Response:
+    request_id = uuid.uuid4().hex
+    status, body = error_body(exc, request_id)
+    return Response(
+        body, status_code=status, media_type=_JSON, headers={"x-request-id": request_id}
+    )
+
+
+def public_url(url: str) -> str:
+    """Return ``url`` without credentials, query or fragment (safe to show).
+
+    Args:
+        url: A backend's base URL.
+
+    Returns:
+        ``scheme://host[:port]/path``.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def calendar_windows(now: datetime, services: Services) -> dict[str, tuple[datetime, datetime]]:
+    """Return today's and this month's bounds in the budget time zone.
+
+    Args:
+        now: The current time.
+        services: The router's services (settings: ``BUDGET_TIMEZONE``).
+
+    Returns:
+        ``{"today": (start, end), "month": (start, end)}``, local and aware.
+    """
+    local = now.astimezone(services.settings.zone)
+    day_start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    # +2 h then back to midnight: right across a daylight-saving change
+    next_day = (day_start + timedelta(days=1, hours=2)).replace(hour=0)
+    month_start = day_start.replace(day=1)
+    next_month = (month_start + timedelta(days=32)).replace(day=1)
+    return {"today": (day_start, next_day), "month": (month_start, next_month)}
+
+
+class Operations:
+    """The operational routes, bound to the gateway's services provider and metrics."""
+
+    def __init__(self, services: ServicesProvider, metrics: RouterMetrics) -> None:
+        """Bind the provider of the router's services and the app's metrics.
+
+        Args:
+            services: Returns the services every route reads.
+            metrics: The app's metrics (``GET /metrics``).
+        """
+        self._services = services
+        self._metrics = metrics
+        self._probes: weakref.WeakKeyDictionary[GpuPool, asyncio.Task[None]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # -- /health --------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        """Answer ``GET /health``: every backend's and GPU endpoint's state.
+
+        ---
+        summary: Health of the backends and of each GPU endpoint (no API key needed)
+        tags: [Operations]
+        responses:
+          '200':
+            description: >-
+              at least one backend is up. {status: ok|degraded, checked_at, backends:
+              {serverless: {status: up|down|disabled, latency_ms, models, error},
+              gpu: {status, endpoints_up, latency_ms, load, capacity, endpoints: [{endpoint,
+              status: up|down|cooling|unknown, latency_ms, running, waiting, in_flight,
+              load, capacity, last_probe_age_s, error}]}}}
+          '503': {description: no backend is up (same body, status down)}
+        """
+        try:
+            services = await self._services()
+        except Exception:
+            logger.exception("health check: the router's services could not be built")
+            return _json(
+                {
+                    "status": "down",
+                    "error": "the router's services could not be built; see the server log",
+                },
+                503,
+            )
+        show_urls = not services.settings.router_api_keys or caller(request) is not None
+        serverless, gpu = await asyncio.gather(
+            self._serverless_health(services, show_urls),
+            self._gpu_health(services, show_urls),
+        )
+        states = [serverless["status"], gpu["status"]]
+        enabled = [s for s in states if s != "disabled"]
+        up = [s for s in states if s == "up"]
+        status = "ok" if up and len(up) == len(enabled) else "degraded" if up else "down"
+        body = {
+            "status": status,
+            "checked_at": services.clock().isoformat(),
+            "backends": {"serverless": serverless, "gpu": gpu},
+        }
+        return _json(body, 200 if up else 503)
+
+    async def _serverless_health(self, services: Services, show_urls: bool) -> dict[str, Any]:
+        settings = services.settings
+        if services.serverless is None or settings.disable_lambda_labs:
+            reason = (
+                "DISABLE_LAMBDA_LABS is set"
+                if settings.disable_lambda_labs
+                else "no LAMBDA_API_KEY is configured"
+            )
+            return {"status": "disabled", "reason": reason}
+        base = settings.lambda_api_base
+        entry: dict[str, Any] = {"url": public_url(base)} if show_urls else {}
+        key = settings.lambda_api_key
+        headers = {"authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+        started = time.perf_counter()
+        try:
+            response = await services.http.get(
+                f"{base}/models", headers=headers, timeout=httpx.Timeout(SERVERLESS_TIMEOUT_S)
+            )
+        except httpx.HTTPError as exc:
+            latency = (time.perf_counter() - started) * 1000
+            return {
+                **entry,
+                "status": "down",
+                "latency_ms": round(latency, 3),
+                "error": f"GET /models failed: {type(exc).__name__}",
+            }
+        latency = (time.perf_counter() - started) * 1000
+        entry.update(latency_ms=round(latency, 3))
+        if response.status_code != 200:
+            return {
+                **entry,
+                "status": "down",
+                "error": f"GET /models answered HTTP {response.status_code}",
+            }
+        try:
+            models: int | None = len(orjson.loads(response.content).get("data") or [])
+        except (orjson.JSONDecodeError, AttributeError, TypeError):
+            models = None
+        return {**entry, "status": "up", "models": models, "error": None}
+
+    async def _fresh_probe(self, pool: GpuPool) -> float:
+        """Probe the pool when its data is older than the probe interval.
+
+        Returns:
+            The ``time.monotonic()`` before which a probe result counts as stale
+            (its endpoints' probes did not finish in time).
+        """
+        now = time.monotonic()
+        if all(now - e.last_probe <= pool.probe_interval_s for e in pool.endpoints):
+            return 0.0
+        task = self._probes.get(pool)
+        if task is None or task.done():
+            # One probe at a time, shared by concurrent health checks; a timeout
+            # leaves it running (shielded) to update the pool when it finishes.
+            task = asyncio.ensure_future(pool.probe())
+            self._probes[pool] = task
+        try:
+            await asyncio.wait_for(asyncio.shield(task), PROBE_TIMEOUT_S)
+        except TimeoutError:
+            return now
+        return 0.0
+
+    async def _gpu_health(self, services: Services, show_urls: bool) -> dict[str, Any]:
+        pool = services.gpu_pool
+        if not pool:
+            return {"status": "disabled", "reason": "no GPU_ENDPOINTS are configured"}
+        stale_before = await self._fresh_probe(pool)
+        now = time.monotonic()
+        endpoints = [
+            self._endpoint(i, e, pool, now, stale_before, show_urls)
+            for i, e in enumerate(pool.endpoints)
+        ]
+        up = [e for e in endpoints if e["status"] == "up"]
+        latencies = [e["latency_ms"] for e in up if e["latency_ms"] is not None]
+        return {
+            "status": "up" if up else "down",
+            "endpoints_up": len(up),
+            "latency_ms": min(latencies) if latencies else None,
+            "load": sum(e["load"] for e in endpoints),
+            "capacity": pool.concurrency_per_endpoint * len(endpoints),
+            "endpoints": endpoints,
+        }
+
+    @staticmethod
+    def _endpoint(
+        index: int,
+        endpoint: GpuEndpoint,
+        pool: GpuPool,
+        now: float,
+        stale_before: float,
+        show_urls: bool,
+    ) -> dict[str, Any]:
+        error = endpoint.last_error
+        if stale_before and endpoint.last_probe < stale_before:
+            status, error = "down", f"health probe timed out after {PROBE_TIMEOUT_S:g} s"
+        elif endpoint.healthy is None:
+            status = "unknown"
+        elif not endpoint.healthy:
+            status = "down"
+        elif now < endpoint.cooling_until:
+            status = "cooling"
+        else:
+            status, error = "up", None
+        entry: dict[str, Any] = {"endpoint": index}
+        if show_urls:
+            entry["url"] = public_url(endpoint.url)
+        entry.update(
+            status=status,
+            latency_ms=round(endpoint.latency_ms, 3) if endpoint.latency_ms is not None else None,
+            running=endpoint.running,
+            waiting=endpoint.waiting,
+            in_flight=endpoint.in_flight,
+            load=endpoint.load(),
+            capacity=pool.concurrency_per_endpoint,
+            last_probe_age_s=round(now - endpoint.last_probe, 3) if endpoint.last_probe else None,
+            error=error,
+        )
+        return entry
+
+    # -- /stats ---------------------------------------------------------------------------
+
+    async def stats(self, request: Request) -> Response:
+        """Answer ``GET /stats``: today's and this month's routing, status and cost.
+
+        ---
+        summary: Routing split, fallbacks, requests by status and cost, today and this month
+        tags: [Operations]
+        responses:
+          '200':
+            description: >-
+              {timezone, generated_at, today: PERIOD, month: PERIOD}, where PERIOD is
+              {start, end, requests, by_backend: {serverless|gpu|none: {requests, share,
+              cost_usd}}, by_status: {ok, failed}, fallbacks, fallback_rate, cost_usd};
+              a request counts as a fallback when it tried more than one backend call.
+        """
+        try:
+            services = await self._services()
+            now = services.clock()
+            ledger = services.ledger
+            await ledger.ensure_schema()
+            periods = {}
+            async with ledger.engine.connect() as conn:
+                for name, (start, end) in calendar_windows(now, services).items():
+                    periods[name] = await self._period(conn, start, end)
+        except Exception as exc:
+            return _error(exc)
+        return _json(
+            {
+                "timezone": services.settings.budget_timezone,
+                "generated_at": now.isoformat(),
+                **periods,
+            }
+        )
+
+    @staticmethod
+    async def _period(conn: Any, start: datetime, end: datetime) -> dict[str, Any]:
+        query = (
+            select(
+                UsageRecord.backend,
+                UsageRecord.status,
+                func.count(),
+                func.sum(case((UsageRecord.fallbacks > 0, 1), else_=0)),
+                func.sum(UsageRecord.cost_usd),
+            )
+            .where(
+                UsageRecord.created_at >= start.astimezone(UTC),
+                UsageRecord.created_at < end.astimezone(UTC),
+            )
+            .group_by(UsageRecord.backend, UsageRecord.status)
+        )
+        rows = (await conn.execute(query)).all()
+        total = sum(int(r[2]) for r in rows)
+        by_backend: dict[str, dict[str, Any]] = {
+            b: {"requests": 0, "share": 0.0, "cost_usd": 0.0} for b in BACKENDS
+        }
+        by_status: dict[str, int] = {}
+        fallbacks = 0
+        cost = 0.0
+        for backend, status, count, fell_back, cost_usd in rows:
+            entry = by_backend.setdefault(
+                backend or "none", {"requests": 0, "share": 0.0, "cost_usd": 0.0}
+            )
+            entry["requests"] += int(count)
+            entry["cost_usd"] += float(cost_usd or 0.0)
+            by_status[status] = by_status.get(status, 0) + int(count)
+            fallbacks += int(fell_back or 0)
+            cost += float(cost_usd or 0.0)
+        for entry in by_backend.values():
+            entry["share"] = entry["requests"] / total if total else 0.0
+        return {
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "requests": total,
+            "by_backend": by_backend,
+            "by_status": by_status,
+            "fallbacks": fallbacks,
+            "fallback_rate": fallbacks / total if total else 0.0,
+            "cost_usd": cost,
+        }
+
+    # -- /usage ---------------------------------------------------------------------------
+
+    async def usage(self, request: Request) -> Response:
+        """Answer ``GET /usage``: the usage report of the last ``days`` days.
+
+        ---
+        summary: Usage report (requests, tokens, cost, latency, savings) of the last N days
+        tags: [Operations]
+        parameters:
+          - {name: days, in: query, schema: {type: integer, minimum: 1, maximum: 366, default: 7},
+             description: today and the days before it (calendar days in BUDGET_TIMEZONE)}
+          - {name: group_by, in: query,
+             schema: {type: string, enum: [day, model, backend, user], default: day}}
+        responses:
+          '200':
+            description: >-
+              {days, start, end, group_by, totals, groups: {KEY: figures}, savings}
+              (state.analytics.usage_report)
+          '400': {description: bad days or group_by}
+        """
+        try:
+            days, group_by = _usage_params(request)
+            services = await self._services()
+            now = services.clock()
+            today = calendar_windows(now, services)["today"][0]
+            start = (today - timedelta(days=days - 1)).replace(hour=0)
+            end = max(now, start + timedelta(microseconds=1))
+            report = await usage_report(
+                services.ledger, services.settings, services.catalog, start, end, group_by
+            )
+        except Exception as exc:
+            return _error(exc)
+        return _json({"days": days, **report})
+
+    # -- /budget --------------------------------------------------------------------------
+
+    async def budget(self, request: Request) -> Response:
+        """Answer ``GET /budget``: the caller's budgets, their spend and their remainder.
+
+        ---
+        summary: The caller's budgets (global, user, team; day and month)
+        tags: [Operations]
+        parameters:
+          - {name: user, in: query, schema: {type: string},
+             description: the user to show when authentication is off (else the key's user)}
+          - {name: team, in: query, schema: {type: string},
+             description: the team to show when authentication is off (else the key's team)}
+        responses:
+          '200':
+            description: >-
+              {user, team, budgets: [{scope, key, period, window, limit_usd, spent_usd,
+              reserved_usd, remaining_usd, used_fraction, resets_at}]}
+          '403': {description: asked for another user's or team's budgets}
+        """
+        try:
+            user, team = _names(request)
+            services = await self._services()
+            budgets = await services.budgets.status(user, team)
+        except Exception as exc:
+            return _error(exc)
+        return _json({"user": user, "team": team, "budgets": budgets})
+
+    async def set_budget(self, request: Request) -> Response:
+        """Answer ``PUT /budget/{scope}/{key}``: set a user's or a team's budget.
+
+        ---
+        summary: Set a user's or a team's daily and monthly budget (USD; null = no limit)
+        tags: [Operations]
+        parameters:
+          - {name: scope, in: path, required: true, schema: {type: string, enum: [user, team]}}
+          - {name: key, in: path, required: true, schema: {type: string},
+             description: the user's or team's name}
+        requestBody:
+          required: true
+          content:
+            application/json:
+              schema:
+                type: object
+                properties:
+                  daily_usd: {type: number, minimum: 0, nullable: true}
+                  monthly_usd: {type: number, minimum: 0, nullable: true}
+        responses:
+          '200': {description: '{scope, key, daily_usd, monthly_usd, budgets: [...]}'}
+          '400': {description: bad scope, name or body}
+        """
+        try:
+            scope = request.path_params["scope"]
+            key = request.path_params["key"]
+            if scope not in ("user", "team"):
+                raise GatewayRequestError(
+                    f"a budget belongs to a 'user' or a 'team', not {scope!r:.40}: "
+                    "PUT /budget/user/<name> or /budget/team/<name>",
+                    param="scope",
+                )
+            if not 1 <= len(key) <= _MAX_NAME_CHARS:
+                raise GatewayRequestError(
+                    f"the {scope}'s name must be 1 to {_MAX_NAME_CHARS} characters", param="key"
+                )
+            daily, monthly = _budget_body(await request.body())
+            services = await self._services()
+            who = caller(request)
+            if who is not None and who.user not in services.settings.router_admin_users:
+                raise PermissionDeniedError(
+                    "only the users named in ROUTER_ADMIN_USERS may set budgets; "
+                    "ask the operator to change this budget"
+                )
+            await services.budgets.set_budget(scope, key, daily, monthly)
+            windows = await services.budgets.status(**{scope: key})
+        except Exception as exc:
+            return _error(exc)
+        return _json(
+            {
+                "scope": scope,
+                "key": key,
+                "daily_usd": daily,
+                "monthly_usd": monthly,
+                "budgets": [w for w in windows if w["scope"] == scope],
+            }
+        )
+
+    # -- /metrics -------------------------------------------------------------------------
+
+    async def metrics(self, request: Request) -> Response:
+        """Answer ``GET /metrics``: this app's Prometheus metrics.
+
+        ---
+        summary: Prometheus metrics (requests, cost, tokens, fallbacks, latency, budgets)
+        tags: [Operations]
+        responses:
+          '200': {description: Prometheus text exposition format}
+        """
+        try:
+            services = await self._services()
+            await self._metrics.refresh_budgets(
+                services.budgets, services.ledger, services.settings
+            )
+        except Exception as exc:
+            # the request counters are still worth serving
+            logger.warning("metrics: could not refresh the budget gauges (%s)", type(exc).__name__)
+        body, content_type = self._metrics.exposition()
+        return Response(body, headers={"content-type": content_type})
+
+
+def _usage_params(request: Request) -> tuple[int, GroupBy]:
+    raw_days = request.query_params.get("days", "7")
+    example = "e.g. GET /usage?days=7&group_by=model"
+    try:
+        days = int(raw_days)
+    except ValueError:
+        days = 0
+    if not raw_days.strip().isdigit() or not 1 <= days <= MAX_DAYS:
+        raise GatewayRequestError(
+            f"'days' must be a whole number of days from 1 to {MAX_DAYS}, "
+            f"got {raw_days!r:.40}; {example}",
+            param="days",
+        )
+    group_by = request.query_params.get("group_by", "day")
+    if group_by not in GROUPINGS:
+        raise GatewayRequestError(
+            f"'group_by' must be one of {', '.join(GROUPINGS)}, got {group_by!r:.40}; {example}",
+            param="group_by",
+        )
+    return days, cast(GroupBy, group_by)
+
+
+def _names(request: Request) -> tuple[str | None, str | None]:
+    """Return the user and team whose budgets ``GET /budget`` shows."""
+    query = request.query_params
+    asked_user, asked_team = query.get("user") or None, query.get("team") or None
+    who = caller(request)
+    if who is None:
+        for name, value in (("user", asked_user), ("team", asked_team)):
+            if value is not None and len(value) > _MAX_NAME_CHARS:
+                raise GatewayRequestError(
+                    f"'{name}' must be at most {_MAX_NAME_CHARS} characters", param=name
+                )
+        return asked_user, asked_team
+    if asked_user not in (None, who.user) or asked_team not in (None, who.team):
+        raise PermissionDeniedError(
+            "with API keys, GET /budget shows the budgets of the key's own user and team "
+            "only: leave out ?user= and ?team="
+        )
+    return who.user, who.team
+
+
+def _budget_body(raw: bytes) -> tuple[float | None, float | None]:
+    """Parse ``{"daily_usd": x, "monthly_usd": y}`` (either may be null or left out)."""
+    example = 'send e.g. {"daily_usd": 5, "monthly_usd": 100} (null: no limit)'
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise GatewayRequestError(
+            f"the request body is not valid JSON; {example}", code="invalid_json"
+        ) from None
+    if not isinstance(body, Mapping):
+        raise GatewayRequestError(f"the request body must be a JSON object; {example}")
+    unknown = sorted(set(body) - set(_BUDGET_FIELDS))
+    if unknown:
+        raise GatewayRequestError(
+            f"unknown field {unknown[0]!r:.40}: a budget has daily_usd and monthly_usd; {example}",
+            param=str(unknown[0])[:40],
+        )
+    if not any(name in body for name in _BUDGET_FIELDS):
+        raise GatewayRequestError(f"give daily_usd, monthly_usd or both; {example}")
+    values: list[float | None] = []
+    for name in _BUDGET_FIELDS:
+        value = body.get(name)
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise GatewayRequestError(
+                f"'{name}' must be a number of USD >= 0, or null for no limit; got {value!r:.40}",
+                param=name,
+            )
+        values.append(None if value is None else float(value))
+    return values[0], values[1]
