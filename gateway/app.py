@@ -118,14 +118,47 @@ class StreamInterruptedError(RouterError):
         )
 
 
+_END = object()
+
+
 class _StreamRun:
-    """One streaming graph run: its event iterator and what it has told so far."""
+    """One streaming graph run, driven by a task of its own.
 
-    __slots__ = ("events", "values")
+    The task (the pump) moves the graph's events into a queue; the response
+    reads them from there. A client that goes away cancels only the reader, so
+    the run can finish without a listener (:meth:`detach`): its reservation is
+    settled and its ledger row written.
+    """
 
-    def __init__(self, events: AsyncIterator[tuple[str, Any]]) -> None:
-        self.events = events
+    __slots__ = ("values", "events", "_queue", "_pump", "_request_id")
+
+    def __init__(self, source: AsyncIterator[tuple[str, Any]]) -> None:
         self.values: Mapping[str, Any] = {}
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._request_id: str | None = None
+        self._pump = asyncio.create_task(self._run(source))
+        self.events = self._read()
+
+    async def _run(self, source: AsyncIterator[tuple[str, Any]]) -> None:
+        try:
+            async for item in source:
+                if self._request_id is None:
+                    self._queue.put_nowait(item)
+        except Exception as exc:
+            if self._request_id is not None:
+                logger.warning("stream %s ended with %r", self._request_id, exc)
+            self._queue.put_nowait(exc)
+        else:
+            self._queue.put_nowait(_END)
+
+    async def _read(self) -> AsyncIterator[tuple[str, Any]]:
+        while True:
+            item = await self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
 
     async def first_token(self) -> tuple[Backend, str] | None:
         """Advance to the first token; return its backend and text, or None at the end."""
@@ -139,18 +172,15 @@ class _StreamRun:
 
     async def aclose(self) -> None:
         """Stop the run (it cancels the graph's tasks if it is still going)."""
-        aclose = getattr(self.events, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        self._pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._pump
 
-
-async def _drain(run: _StreamRun, request_id: str) -> None:
-    """Let an interrupted run finish so its ledger row is written."""
-    try:
-        async for _ in run.events:
-            pass
-    except Exception as exc:
-        logger.warning("interrupted stream %s ended with %r", request_id, exc)
+    def detach(self, request_id: str) -> None:
+        """Let the run finish with nobody listening (failures are logged)."""
+        self._request_id = request_id
+        _draining.add(self._pump)
+        self._pump.add_done_callback(_draining.discard)
 
 
 class Gateway:
@@ -362,9 +392,7 @@ async def _events(
                             interrupted = StreamInterruptedError(backend, payload["backend"])
                             end(interrupted)
                             yield error_event(interrupted, request_id)
-                            task = asyncio.create_task(_drain(run, request_id))
-                            _draining.add(task)
-                            task.add_done_callback(_draining.discard)
+                            run.detach(request_id)
                             drained = True
                             return
                         yield writer.token(payload["text"])
@@ -379,7 +407,10 @@ async def _events(
     finally:
         if not ended:
             end(_ClientClosed(), "cancelled")
-        if not drained:
+            # The client went away: the run still finishes, so its reservation is
+            # settled and its ledger row written (the tokens are paid for anyway).
+            run.detach(request_id)
+        elif not drained:
             await run.aclose()
 
 

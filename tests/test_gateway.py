@@ -28,7 +28,7 @@ from backends.emulator import _EmbeddedServer
 from gateway.app import _draining, _events, _StreamRun, create_app
 from gateway.openai_format import ChunkWriter
 from state.context import Services
-from tests.conftest import Harness
+from tests.conftest import TEST_KEY, Harness
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = [{"role": "user", "content": "Hello!"}]
@@ -492,3 +492,31 @@ async def test_gateway_answers_beside_the_graph_api_in_langgraph_dev(langgraph_d
         assert assistants.status_code == 200 and assistants.json()
         paths = (await http.get("/openapi.json")).json()["paths"]
         assert "/v1/chat/completions" in paths and "/v1/models" in paths
+
+
+async def test_a_client_that_leaves_mid_stream_still_gets_its_ledger_row(
+    harness: Harness, start_gateway: StartGateway
+):
+    await harness.start("serverless", api_key=TEST_KEY, tpot_ms=15)
+    await harness.start("gpu", tpot_ms=15)
+    services = await harness.services()
+    gw = await start_gateway(services)
+    body = {"model": "auto", "messages": HELLO, "stream": True, "force_backend": "serverless"}
+    async with httpx.AsyncClient() as http:
+        async with http.stream("POST", f"{gw.url}/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if '"content":"' in line and '"content":""' not in line:
+                    break  # one token in, the client goes away
+    rows: list[Any] = []
+    for _ in range(200):
+        rows = await services.ledger.rows()
+        if rows:
+            break
+        await asyncio.sleep(0.05)
+    (row,) = rows
+    assert row.status == "ok" and row.backend == "serverless" and row.cost_usd > 0
+    # the reservation was settled with the real cost, not left to expire
+    (day,) = [b for b in await services.budgets.status() if b["period"] == "day"]
+    assert day["reserved_usd"] == pytest.approx(0, abs=1e-12)
+    assert day["spent_usd"] == pytest.approx(row.cost_usd)
