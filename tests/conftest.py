@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -125,35 +126,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def langgraph_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Serve the project with `langgraph dev` on emulated backends; yield its URL."""
-    port = free_port()
-    tmp = tmp_path_factory.mktemp("langgraph-dev")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"LAMBDA_API_KEY", "GPU_ENDPOINTS", "DATABASE_URL"}
-    }
+ROUTER_ENV_KEYS = {"LAMBDA_API_KEY", "GPU_ENDPOINTS", "DATABASE_URL", "ROUTER_API_KEYS"}
+
+
+def server_env(ledger: Path, **extra: str) -> dict[str, str]:
+    """Return this process's environment for a server on emulated backends and ``ledger``."""
+    env = {k: v for k, v in os.environ.items() if k not in ROUTER_ENV_KEYS}
     env.update(
-        DATABASE_URL=f"sqlite:///{tmp}/ledger.db",
+        DATABASE_URL=f"sqlite:///{ledger}",
         LANGGRAPH_CLI_NO_ANALYTICS="1",
         LANGGRAPH_NO_VERSION_CHECK="true",
         LANGSMITH_TRACING="false",
         EMULATOR_TTFT_MS="0",
         EMULATOR_TPOT_MS="0",
+        **extra,
     )
-    langgraph = Path(sys.executable).parent / "langgraph"
-    log_path = tmp / "server.log"
-    command = [str(langgraph), "dev", "--no-browser", "--port", str(port)]
+    return env
+
+
+@contextlib.contextmanager
+def running_server(
+    command: list[str], env: dict[str, str], port: int, log_path: Path, cwd: Path = ROOT
+) -> Iterator[str]:
+    """Run a server command until its ``/ok`` answers; yield its URL, stop it after."""
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [*command, "--n-jobs-per-worker", "4"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -166,11 +164,26 @@ def langgraph_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     pass
                 time.sleep(0.25)
             if process.poll() is not None or time.monotonic() >= deadline:
-                pytest.fail(f"langgraph dev did not start:\n{log_path.read_text()[-3000:]}")
+                pytest.fail(f"{command[1]} did not start:\n{log_path.read_text()[-3000:]}")
             yield url
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(process.pid, signal.SIGINT)
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+
+
+def langgraph_dev_command(port: int) -> list[str]:
+    langgraph = Path(sys.executable).parent / "langgraph"
+    return [str(langgraph), "dev", "--no-browser", "--port", str(port), "--n-jobs-per-worker", "4"]
+
+
+@pytest.fixture(scope="session")
+def langgraph_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Serve the project with `langgraph dev` on emulated backends; yield its URL."""
+    tmp = tmp_path_factory.mktemp("langgraph-dev")
+    port = free_port()
+    env = server_env(tmp / "ledger.db")
+    with running_server(langgraph_dev_command(port), env, port, tmp / "server.log") as url:
+        yield url

@@ -8,12 +8,7 @@ Every test also checks that no key leaks into responses, the ledger or the logs.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +30,13 @@ from gateway.auth import authenticate, caller
 from state.context import Services
 from state.settings import ApiKeyIdentity, RouterApiKeys, Settings
 from tests import test_ops_routes
-from tests.conftest import ROOT, Harness, free_port
+from tests.conftest import (
+    Harness,
+    free_port,
+    langgraph_dev_command,
+    running_server,
+    server_env,
+)
 from tests.test_ops_routes import HELLO, Serve, Served
 
 serve = test_ops_routes.serve  # the fixture: serve a gateway app in this loop
@@ -272,55 +273,14 @@ async def test_langgraph_authenticate_maps_a_key_to_its_identity(monkeypatch: py
 @pytest.fixture(scope="module")
 def guarded_langgraph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """``langgraph dev`` with ROUTER_API_KEYS set; yield its URL and its ledger file."""
-    port = free_port()
     tmp = tmp_path_factory.mktemp("langgraph-auth")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"LAMBDA_API_KEY", "GPU_ENDPOINTS", "DATABASE_URL", "ROUTER_API_KEYS"}
-    }
+    port = free_port()
     ledger = tmp / "ledger.db"
-    env.update(
-        DATABASE_URL=f"sqlite:///{ledger}",
-        ROUTER_API_KEYS=KEYS,
-        LANGGRAPH_CLI_NO_ANALYTICS="1",
-        LANGGRAPH_NO_VERSION_CHECK="true",
-        LANGSMITH_TRACING="false",
-        EMULATOR_TTFT_MS="0",
-        EMULATOR_TPOT_MS="0",
-    )
-    langgraph = Path(sys.executable).parent / "langgraph"
+    env = server_env(ledger, ROUTER_API_KEYS=KEYS)
     log_path = tmp / "server.log"
-    command = [str(langgraph), "dev", "--no-browser", "--port", str(port)]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [*command, "--n-jobs-per-worker", "4"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline and process.poll() is None:
-                try:
-                    if httpx.get(f"{url}/ok", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.25)
-            if process.poll() is not None or time.monotonic() >= deadline:
-                pytest.fail(f"langgraph dev did not start:\n{log_path.read_text()[-3000:]}")
-            yield url, ledger
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-            assert_no_key_in(log_path.read_text())
+    with running_server(langgraph_dev_command(port), env, port, log_path) as url:
+        yield url, ledger
+    assert_no_key_in(log_path.read_text())
 
 
 def ledger_rows(ledger: Path) -> list[dict[str, Any]]:

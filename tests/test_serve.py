@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +11,7 @@ import openai
 import pytest
 from langgraph_sdk import get_client
 
-from tests.conftest import free_port
+from tests.conftest import free_port, running_server, server_env
 
 BIN = Path(sys.executable).parent / "hybrid-router"
 HELLO = {"messages": [{"role": "user", "content": "Hello!"}]}
@@ -25,42 +21,10 @@ HELLO = {"messages": [{"role": "user", "content": "Hello!"}]}
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     tmp = tmp_path_factory.mktemp("serve")
     port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"LAMBDA_API_KEY", "GPU_ENDPOINTS", "DATABASE_URL", "ROUTER_API_KEYS"}
-    }
-    env.update(
-        DATABASE_URL=f"sqlite:///{tmp}/ledger.db", EMULATOR_TTFT_MS="0", EMULATOR_TPOT_MS="0"
-    )
-    log = (tmp / "serve.log").open("w+")
-    process = subprocess.Popen(
-        [str(BIN), "serve", "--port", str(port), "--workers", "2"],
-        cwd=tmp,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if httpx.get(f"{url}/ok", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        if process.poll() is not None or time.monotonic() >= deadline:
-            pytest.fail(f"serve did not start:\n{(tmp / 'serve.log').read_text()[-3000:]}")
-        yield url, (tmp / "serve.log").read_text()
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
+    command = [str(BIN), "serve", "--port", str(port), "--workers", "2"]
+    log_path = tmp / "serve.log"
+    with running_server(command, server_env(tmp / "ledger.db"), port, log_path, cwd=tmp) as url:
+        yield url, log_path.read_text()
 
 
 def test_serve_says_it_is_emulated_and_prints_every_url(served):
