@@ -9,7 +9,7 @@ export LANGSMITH_TEST_TRACKING ?= false
 export LANGGRAPH_CLI_NO_ANALYTICS ?= 1
 export LANGGRAPH_NO_VERSION_CHECK ?= true
 
-.PHONY: serve ask dev test lint install install-test
+.PHONY: serve ask dev test lint install install-test bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,3 +44,13 @@ lint: install-test
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The benchmarks (BENCHMARKS.md). LiteLLM pins its own openai client, so the
+# comparison runs from a separate virtualenv, .venv-bench, never from .venv.
+bench:
+	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install -e '.[bench]'
+	.venv-bench/bin/python benchmarks/overhead.py
+	.venv-bench/bin/python benchmarks/gateway_throughput.py
+	.venv-bench/bin/python benchmarks/step_costs.py
+	.venv-bench/bin/python benchmarks/budget_ops.py

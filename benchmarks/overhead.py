@@ -1,39 +1,122 @@
-"""Routing overhead: the router graph against a direct httpx call to the same emulator.
+"""Routing overhead: our router graph and LiteLLM's Router against a direct httpx call.
 
-Both paths talk to one loopback emulator that answers at once, in the same
-process and run, so the difference is what routing adds. Prints p50/p99 per
-request for each path and the overhead; writes the figures to JSON.
+Every path talks to one loopback emulator that answers at once, in the same
+process and run: a direct ``httpx`` POST (the floor), our router graph
+(``graph.ainvoke``: the default route, which sends "Hello!" to the GPU pool and
+writes its ledger row, and with ``force_backend="serverless"``, which also
+reserves and settles a budget hold), and LiteLLM's ``Router.acompletion`` with
+two deployments of one model (``openai/<model>`` at the emulator's
+``api_base``). A path's overhead is its p50 (p99) minus the direct call's.
 
-    .venv/bin/python benchmarks/overhead.py --requests 2000
+The paths run interleaved in blocks (``--block`` requests of each path in turn,
+the order rotating, a short pause between blocks so one path's background work
+does not land in another's timings), so machine noise hits them alike. After
+warm-up the heap is frozen (``gc.freeze``) so LiteLLM's large import does not
+lengthen the collections that run during our requests, or the reverse.
+
+LiteLLM is optional: without it the script measures ours and says so. It runs
+with the bundled cost map (``LITELLM_LOCAL_MODEL_COST_MAP=True``), telemetry
+and callbacks off, and this process refuses any connection off the loopback.
+
+    .venv-bench/bin/python benchmarks/overhead.py              # ours and LiteLLM
+    .venv/bin/python benchmarks/overhead.py --requests 2000    # ours only
+    .venv-bench/bin/python benchmarks/overhead.py --prompt long  # a ~4k-token prompt
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import statistics
+import gc
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
+from _common import (
+    PROMPTS,
+    blocked,
+    guard_loopback,
+    import_litellm,
+    litellm_version,
+    machine_info,
+    print_machine,
+    summary,
+    write_json,
+)
 
 from backends.emulator import EmulatorConfig, serve_emulator
 from graphs.router import graph
 from state.context import Context, build_services
 from state.settings import Settings
 
-BODY = {"messages": [{"role": "user", "content": "Hello!"}]}
+MODEL = "llama3.1-8b-instruct"
+MAX_TOKENS = 1024  # what the router sends by default (DEFAULT_MAX_TOKENS)
+LABELS = {
+    "direct": "direct httpx POST (floor)",
+    "router": "ours: graph.ainvoke (default route)",
+    "router_serverless": "ours: graph.ainvoke (serverless + budget)",
+    "litellm": "LiteLLM Router.acompletion (2 deployments)",
+}
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def litellm_router(litellm: Any, url: str) -> Any:
+    # Two deployments of one model group; distinct ids, or LiteLLM folds them into one.
+    return litellm.Router(
+        model_list=[
+            {
+                "model_name": MODEL,
+                "litellm_params": {"model": f"openai/{MODEL}", "api_base": url, "api_key": "bench"},
+                "model_info": {"id": f"emulator-{name}"},
+            }
+            for name in ("a", "b")
+        ]
+    )
 
 
-async def main(requests: int, out: Path) -> None:
+async def settle_background() -> None:
+    """Let tasks and threads a path left behind (logging, callbacks) finish untimed."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.002)
+
+
+async def measure(
+    paths: dict[str, Callable[[], Awaitable[Any]]], requests: int, block: int, warmup: int
+) -> dict[str, list[float]]:
+    for fn in paths.values():  # connections, caches, the ledger's schema, LiteLLM's lazies
+        for _ in range(warmup):
+            await fn()
+        await settle_background()
+    gc.collect()
+    gc.freeze()
+    timings: dict[str, list[float]] = {name: [] for name in paths}
+    names = list(paths)
+    rounds = -(-requests // block)
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn, times = paths[name], timings[name]
+            for _ in range(min(block, requests - len(times))):
+                started = time.perf_counter()
+                await fn()
+                times.append((time.perf_counter() - started) * 1000)
+            await settle_background()
+    gc.unfreeze()
+    return timings
+
+
+async def main(args: argparse.Namespace) -> None:
+    guard_loopback()
+    messages = PROMPTS[args.prompt]
+    litellm = None if args.no_litellm else import_litellm()
+    info = machine_info()
+    picked: Counter[str] = Counter()
+    routes: Counter[str] = Counter()
     async with serve_emulator(EmulatorConfig()) as url:
         with tempfile.TemporaryDirectory() as tmp:
             settings = Settings(
@@ -42,65 +125,126 @@ async def main(requests: int, out: Path) -> None:
                 lambda_api_base=url,
                 gpu_endpoints=[url],
                 database_url=f"sqlite:///{tmp}/ledger.db",
+                database_schema=None,
             )
             services = await build_services(settings)
             context = Context(services=services)
-            payload = orjson.dumps({"model": "llama3.1-8b-instruct", "max_tokens": 1024, **BODY})
+            payload = orjson.dumps({"model": MODEL, "max_tokens": MAX_TOKENS, "messages": messages})
+            headers = {"content-type": "application/json"}
             async with httpx.AsyncClient() as client:
 
                 async def direct() -> None:
                     response = await client.post(
-                        f"{url}/chat/completions",
-                        content=payload,
-                        headers={"content-type": "application/json"},
+                        f"{url}/chat/completions", content=payload, headers=headers
                     )
                     response.raise_for_status()
                     orjson.loads(response.content)
 
                 async def routed() -> None:
-                    await graph.ainvoke(BODY, context=context)
+                    result = await graph.ainvoke({"messages": messages}, context=context)
+                    routes[f"default -> {result['routing']['backend']}"] += 1
 
-                for fn in (direct, routed):  # warm up connections, caches, the ledger
-                    for _ in range(50):
-                        await fn()
-                timings: dict[str, list[float]] = {"direct": [], "router": []}
-                # interleave the two paths so machine noise hits both alike
-                for _ in range(requests):
-                    for name, fn in (("direct", direct), ("router", routed)):
-                        started = time.perf_counter()
-                        await fn()
-                        timings[name].append((time.perf_counter() - started) * 1000)
+                async def routed_serverless() -> None:
+                    result = await graph.ainvoke(
+                        {"messages": messages, "force_backend": "serverless"}, context=context
+                    )
+                    routes[f"forced -> {result['routing']['backend']}"] += 1
+
+                paths: dict[str, Callable[[], Awaitable[Any]]] = {
+                    "direct": direct,
+                    "router": routed,
+                }
+                if not args.skip_serverless:
+                    paths["router_serverless"] = routed_serverless
+                if litellm is not None:
+                    router = litellm_router(litellm, url)
+
+                    async def via_litellm() -> None:
+                        response = await router.acompletion(
+                            model=MODEL, messages=messages, max_tokens=MAX_TOKENS
+                        )
+                        picked[str(response._hidden_params.get("model_id"))] += 1
+
+                    paths["litellm"] = via_litellm
+                timings = await measure(paths, args.requests, args.block, args.warmup)
             await services.aclose()
 
-    figures = {
-        name: {
-            "p50_ms": percentile(values, 0.50),
-            "p99_ms": percentile(values, 0.99),
-            "mean_ms": statistics.fmean(values),
+    figures: dict[str, Any] = {name: summary(values) for name, values in timings.items()}
+    floor = figures["direct"]
+    for name, f in figures.items():
+        if name != "direct":
+            f["overhead_p50_ms"] = f["p50_ms"] - floor["p50_ms"]
+            f["overhead_p99_ms"] = f["p99_ms"] - floor["p99_ms"]
+    ratio = None
+    if "litellm" in figures:
+        ours, theirs = figures["router"], figures["litellm"]
+        ratio = {
+            "p50": ours["overhead_p50_ms"] / theirs["overhead_p50_ms"],
+            "p99": ours["overhead_p99_ms"] / theirs["overhead_p99_ms"],
         }
-        for name, values in timings.items()
-    }
-    figures["overhead"] = {
-        "p50_ms": figures["router"]["p50_ms"] - figures["direct"]["p50_ms"],
-        "p99_ms": figures["router"]["p99_ms"] - figures["direct"]["p99_ms"],
-        "ratio_p50": figures["router"]["p50_ms"] / figures["direct"]["p50_ms"],
-    }
-    print(f"{requests} requests per path, emulator answering at once (loopback)")
-    print(f"{'path':<10}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
-    for name in ("direct", "router"):
-        f = figures[name]
-        print(f"{name:<10}{f['p50_ms']:>10.3f}{f['p99_ms']:>10.3f}{f['mean_ms']:>10.3f}")
-    o = figures["overhead"]
+
+    print_machine(info)
     print(
-        f"routing overhead: p50 {o['p50_ms']:.3f} ms, p99 {o['p99_ms']:.3f} ms "
-        f"(router/direct p50 = {o['ratio_p50']:.2f}x)"
+        f"{args.requests} requests per path, interleaved in blocks of {args.block}; "
+        f"prompt {args.prompt!r}; one in-process loopback emulator answering at once"
     )
-    out.write_text(json.dumps({"requests": requests, **figures}, indent=2))
+    print(f"{'path':<46}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'+p50 ms':>10}{'+p99 ms':>10}")
+    for name, f in figures.items():
+        extra = (
+            f"{f['overhead_p50_ms']:>10.3f}{f['overhead_p99_ms']:>10.3f}"
+            if name != "direct"
+            else f"{'-':>10}{'-':>10}"
+        )
+        print(
+            f"{LABELS[name]:<46}{f['p50_ms']:>9.3f}{f['p99_ms']:>9.3f}{f['mean_ms']:>9.3f}{extra}"
+        )
+    print("(+p50/+p99: the path's p50/p99 minus the direct call's: what routing adds)")
+    if ratio is not None:
+        print(
+            f"ours/LiteLLM overhead: p50 {ratio['p50']:.2f}x, p99 {ratio['p99']:.2f}x "
+            f"(LiteLLM {litellm_version()}; deployments used: {dict(picked)})"
+        )
+    elif args.no_litellm:
+        print("LiteLLM: skipped (--no-litellm)")
+    else:
+        print(
+            "LiteLLM is not installed in this environment: measured ours only "
+            "(install the bench extra: make bench)"
+        )
+    print(f"our routes: {dict(routes)}")
+    if blocked:
+        print(f"blocked network attempts: {sorted(set(blocked))}")
+    write_json(
+        args.out,
+        {
+            "requests_per_path": args.requests,
+            "prompt": args.prompt,
+            "block": args.block,
+            "machine": info,
+            "litellm": litellm_version() if litellm is not None else None,
+            "paths": figures,
+            "ours_over_litellm_overhead": ratio,
+            "litellm_deployments_used": dict(picked),
+            "our_routes": dict(routes),
+            "blocked_network_attempts": sorted(set(blocked)),
+        },
+    )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--requests", type=int, default=2000, help="timed requests per path")
+    parser.add_argument("--block", type=int, default=10, help="requests per path per turn")
+    parser.add_argument("--warmup", type=int, default=100, help="untimed requests per path")
+    parser.add_argument(
+        "--prompt",
+        choices=list(PROMPTS),
+        default="hello",
+        help='"Hello!" (default), a ~4k-token prompt, or ~3k tokens of plain prose',
+    )
+    parser.add_argument("--no-litellm", action="store_true", help="measure ours only")
+    parser.add_argument(
+        "--skip-serverless", action="store_true", help="leave out the forced-serverless path"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/overhead.json"))
-    args = parser.parse_args()
-    asyncio.run(main(args.requests, args.out))
+    asyncio.run(main(parser.parse_args()))
