@@ -43,6 +43,7 @@ WEIGHTS: dict[str, float] = {
     "structured_output": 0.1,
 }
 MEDIUM_THRESHOLD = 0.25
+SCAN_CHARS = 4096
 HIGH_THRESHOLD = 0.55
 
 _CODE = re.compile(
@@ -132,21 +133,44 @@ def validate_request(state: RouterState) -> list[ChatMessage]:
     return messages
 
 
+def scanned_text(messages: list[ChatMessage]) -> str:
+    """Return the text the features read: all of it, or its head and tail when long.
+
+    Instructions sit at the start and the end of a prompt; a long document
+    pasted in between counts through ``prompt_length`` (in tokens), while
+    scanning all of it with the regexes would cost milliseconds per request.
+    """
+    text = "\n".join(message_text(m.get("content")) for m in messages)
+    if len(text) <= 2 * SCAN_CHARS:
+        return text
+    return f"{text[:SCAN_CHARS]}\n{text[-SCAN_CHARS:]}"
+
+
+def _count(pattern: re.Pattern[str], text: str, saturation: int) -> int:
+    """Count matches up to ``saturation`` (the feature is at 1.0 from there on)."""
+    found = 0
+    for _ in pattern.finditer(text):
+        found += 1
+        if found >= saturation:
+            break
+    return found
+
+
 def score_features(
     messages: list[ChatMessage], prompt_tokens: int, max_tokens: int | None
 ) -> dict[str, float]:
     """Return each feature's strength in [0, 1]."""
-    text = "\n".join(message_text(m.get("content")) for m in messages)
+    text = scanned_text(messages)
     user_turns = sum(1 for m in messages if m.get("role") == "user")
-    steps = len(_STEPS.findall(text))
-    reasoning = len(_REASONING.findall(text))
+    steps = _count(_STEPS, text, 4)
+    reasoning = _count(_REASONING, text, 3)
     return {
         # log scale: 20 tokens is nothing, 3000 tokens is a long document
         "prompt_length": min(1.0, math.log1p(max(prompt_tokens - 20, 0) / 60) / math.log1p(50)),
         "requested_output": min(1.0, (max_tokens or 0) / 4096),
         "turns": min(1.0, max(user_turns - 1, 0) / 8),
         "code": 1.0 if _CODE.search(text) else 0.0,
-        "math": min(1.0, len(_MATH.findall(text)) / 3),
+        "math": min(1.0, _count(_MATH, text, 3) / 3),
         "multi_step": min(1.0, steps / 4),
         "reasoning": min(1.0, reasoning / 3),
         "structured_output": 1.0 if _STRUCTURED.search(text) else 0.0,

@@ -166,8 +166,14 @@ def build_engine(settings: Settings) -> AsyncEngine:
     if sqlite_file is not None:
         sqlite_file.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # SQLite has one writer: a single connection per process queues work in
+        # the event loop instead of in SQLite's busy handler, whose waits make the
+        # tail latency (BENCHMARKS.md). Other processes still meet the busy handler.
+        kwargs.update(pool_size=1, max_overflow=0, pool_timeout=60)
     if url.startswith("postgresql"):
-        kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        # no pre-ping: it costs a round trip per checkout; recycling covers idle drops
+        kwargs.update(pool_size=10, max_overflow=20, pool_recycle=1800)
         if settings.database_schema:
             kwargs["connect_args"] = {"server_settings": {"search_path": settings.database_schema}}
     engine = create_async_engine(url, **kwargs)

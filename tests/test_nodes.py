@@ -135,3 +135,20 @@ def test_vllm_gauges_are_parsed():
         'vllm:num_requests_running{model_name="b"} 1.0\n'
     )
     assert _parse_gauges(text) == (4, 2)
+
+
+def test_long_prompts_are_scored_on_their_head_and_tail():
+    from nodes.analyze_complexity import SCAN_CHARS, scanned_text
+
+    ask = "Analyze and compare these step by step, then recommend one in a table:\n"
+    document = "plain filler sentence without anything special. " * 20_000
+    messages = [{"role": "user", "content": ask + document + "\nFinally justify it."}]
+    sample = scanned_text(messages)
+    assert len(sample) == 2 * SCAN_CHARS + 1
+    assert sample.startswith(ask) and sample.endswith("Finally justify it.")
+    tokens = count_message_tokens(messages)
+    sampled = [{"role": "user", "content": sample}]
+    assert score_features(messages, tokens, None) == score_features(sampled, tokens, None)
+    assert complexity_level(complexity_score(score_features(messages, tokens, None))) == "high"
+    short = [{"role": "user", "content": ask}]
+    assert scanned_text(short) == ask
