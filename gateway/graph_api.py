@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 from langgraph.graph.state import CompiledStateGraph
+from pydantic import TypeAdapter
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -68,6 +69,12 @@ def _find(key: str) -> tuple[str, CompiledStateGraph[Any, Any, Any, Any]] | None
     return None
 
 
+def _graph_of(request: Request) -> tuple[str, CompiledStateGraph[Any, Any, Any, Any]] | Response:
+    """Return the graph the path's assistant id names, or the 404 response."""
+    key = request.path_params["assistant_id"]
+    return _find(key) or _not_found(key)
+
+
 def _not_found(key: str) -> Response:
     known = ", ".join(_graphs())
     return _json({"detail": f"no assistant or graph {key!r}; known graphs: {known}"}, 404)
@@ -111,9 +118,8 @@ def graph_api_routes(services: Callable[[], Awaitable[Services]]) -> list[Route]
           '404':
             description: No such assistant.
         """
-        key = request.path_params["assistant_id"]
-        found = _find(key)
-        return _json(_assistant(found[0])) if found else _not_found(key)
+        found = _graph_of(request)
+        return found if isinstance(found, Response) else _json(_assistant(found[0]))
 
     async def get_graph(request: Request) -> Response:
         """Return the graph's drawing (nodes and edges, fallback edges included).
@@ -125,11 +131,8 @@ def graph_api_routes(services: Callable[[], Awaitable[Services]]) -> list[Route]
           '404':
             description: No such assistant.
         """
-        key = request.path_params["assistant_id"]
-        found = _find(key)
-        if found is None:
-            return _not_found(key)
-        return _json(found[1].get_graph().to_json())
+        found = _graph_of(request)
+        return found if isinstance(found, Response) else _json(found[1].get_graph().to_json())
 
     async def get_schemas(request: Request) -> Response:
         """Return the graph's input, output, state and context JSON schemas.
@@ -141,17 +144,16 @@ def graph_api_routes(services: Callable[[], Awaitable[Services]]) -> list[Route]
           '404':
             description: No such assistant.
         """
-        key = request.path_params["assistant_id"]
-        found = _find(key)
-        if found is None:
-            return _not_found(key)
+        found = _graph_of(request)
+        if isinstance(found, Response):
+            return found
         graph_id, graph = found
         return _json(
             {
                 "graph_id": graph_id,
                 "input_schema": graph.get_input_jsonschema(),
                 "output_schema": graph.get_output_jsonschema(),
-                "state_schema": graph.get_input_jsonschema(),
+                "state_schema": TypeAdapter(graph.builder.state_schema).json_schema(),
                 "context_schema": graph.get_context_jsonschema(),
                 "config_schema": None,
             }

@@ -51,6 +51,9 @@ async def test_gateway_and_graph_api_answer_from_one_server(served):
     assert ("generate_gpu", "generate_serverless") in edges
     schemas = await graph_api.assistants.get_schemas(assistants[0]["assistant_id"])
     assert "messages" in schemas["input_schema"]["properties"]
+    # the state holds the internals the caller's input and output leave out
+    assert "candidates" in schemas["state_schema"]["properties"]
+    assert "candidates" not in schemas["output_schema"]["properties"]
 
 
 async def test_graph_api_streams_and_reports_errors(served):
