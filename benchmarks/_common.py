@@ -287,6 +287,40 @@ def server(
         _stop(process)
 
 
+@contextlib.contextmanager
+def emulator_process(port: int, work: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `hybrid-router emulate` answering at once on loopback ``port``."""
+    command = [
+        venv_script("hybrid-router"),
+        "emulate",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ttft-ms",
+        "0",
+        "--tpot-ms",
+        "0",
+    ]
+    ready = f"http://127.0.0.1:{port}/health"
+    with server("emulator", command, ready, env={}, cwd=work, log=work / "emulator.log") as p:
+        yield p
+
+
+def emulator_settings(url: str, **overrides: Any) -> Any:
+    """Return router settings with both backends on the emulator at ``url``."""
+    from state.settings import Settings
+
+    values: dict[str, Any] = {
+        "lambda_api_key": "bench",
+        "lambda_api_base": url,
+        "gpu_endpoints": [url],
+        "database_schema": None,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is not None:
         return

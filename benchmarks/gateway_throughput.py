@@ -41,6 +41,7 @@ from _common import (
     BENCH_DIR,
     LITELLM_ENV,
     cpu_seconds,
+    emulator_process,
     free_port,
     litellm_version,
     machine_info,
@@ -129,25 +130,7 @@ def main(args: argparse.Namespace) -> None:
         emulator = f"http://127.0.0.1:{emu_port}/v1"
         ours_port = free_port()
         targets: dict[str, dict[str, Any]] = {"emulator": {"url": emulator}}
-        with server(
-            "emulator",
-            [
-                venv_script("hybrid-router"),
-                "emulate",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(emu_port),
-                "--ttft-ms",
-                "0",
-                "--tpot-ms",
-                "0",
-            ],
-            f"http://127.0.0.1:{emu_port}/health",
-            env={},
-            cwd=work,
-            log=work / "emulator.log",
-        ) as emu_proc:
+        with emulator_process(emu_port, work) as emu_proc:
             targets["emulator"]["pid"] = emu_proc.pid
             ours_env = {
                 "LAMBDA_API_KEY": "bench",

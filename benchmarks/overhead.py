@@ -40,6 +40,7 @@ import orjson
 from _common import (
     PROMPTS,
     blocked,
+    emulator_settings,
     guard_loopback,
     import_litellm,
     litellm_version,
@@ -52,7 +53,6 @@ from _common import (
 from backends.emulator import EmulatorConfig, serve_emulator
 from graphs.router import graph
 from state.context import Context, build_services
-from state.settings import Settings
 
 MODEL = "llama3.1-8b-instruct"
 MAX_TOKENS = 1024  # what the router sends by default (DEFAULT_MAX_TOKENS)
@@ -119,14 +119,7 @@ async def main(args: argparse.Namespace) -> None:
     routes: Counter[str] = Counter()
     async with serve_emulator(EmulatorConfig()) as url:
         with tempfile.TemporaryDirectory() as tmp:
-            settings = Settings(
-                _env_file=None,  # type: ignore[call-arg]
-                lambda_api_key="bench",
-                lambda_api_base=url,
-                gpu_endpoints=[url],
-                database_url=f"sqlite:///{tmp}/ledger.db",
-                database_schema=None,
-            )
+            settings = emulator_settings(url, database_url=f"sqlite:///{tmp}/ledger.db")
             services = await build_services(settings)
             context = Context(services=services)
             payload = orjson.dumps({"model": MODEL, "max_tokens": MAX_TOKENS, "messages": messages})

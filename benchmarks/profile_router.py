@@ -38,6 +38,8 @@ from typing import Any
 from _common import (
     BENCH_DIR,
     PROMPTS,
+    emulator_process,
+    emulator_settings,
     free_port,
     guard_loopback,
     import_litellm,
@@ -190,16 +192,8 @@ async def profile_in_process(args: argparse.Namespace, work: Path, emulator: str
     else:
         from graphs.router import graph
         from state.context import Context, build_services
-        from state.settings import Settings
 
-        settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            lambda_api_key="bench",
-            lambda_api_base=emulator,
-            gpu_endpoints=[emulator],
-            database_url=f"sqlite:///{work}/ledger.db",
-            database_schema=None,
-        )
+        settings = emulator_settings(emulator, database_url=f"sqlite:///{work}/ledger.db")
         services = await build_services(settings)
         context = Context(services=services)
 
@@ -290,25 +284,7 @@ def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-prof-") as tmp:
         work = Path(tmp)
         port = free_port()
-        with server(
-            "emulator",
-            [
-                venv_script("hybrid-router"),
-                "emulate",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--ttft-ms",
-                "0",
-                "--tpot-ms",
-                "0",
-            ],
-            f"http://127.0.0.1:{port}/health",
-            env={},
-            cwd=work,
-            log=work / "emulator.log",
-        ):
+        with emulator_process(port, work):
             emulator = f"http://127.0.0.1:{port}/v1"
             if args.target == "gateway":
                 session = profile_gateway(args, work, emulator)

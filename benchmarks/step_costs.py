@@ -61,6 +61,7 @@ from _common import (
     LONG_PROMPT,
     PROSE_PROMPT,
     VERY_LONG_PROMPT,
+    emulator_settings,
     guard_loopback,
     machine_info,
     percentile,
@@ -177,15 +178,10 @@ async def pipeline(request: dict[str, Any], runtime: Runtime[Context]) -> dict[s
 
 
 def settings_for(url: str, database: dict[str, Any]) -> Settings:
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        lambda_api_key="bench",
-        lambda_api_base=url,
-        gpu_endpoints=[url],
-        lambda_daily_budget=1e9,
-        lambda_monthly_budget=1e9,
-        **database,
+    settings: Settings = emulator_settings(
+        url, lambda_daily_budget=1e9, lambda_monthly_budget=1e9, **database
     )
+    return settings
 
 
 @contextlib.asynccontextmanager
