@@ -84,10 +84,8 @@ class AlertNotifier:
                     "alert webhook attempt %d: HTTP %d", attempt + 1, response.status_code
                 )
         try:
-            async with self.ledger.engine.begin() as conn:
-                await conn.execute(
-                    update(Alert).where(Alert.id == crossing.alert_id).values(delivered=status)
-                )
+            mark = update(Alert).where(Alert.id == crossing.alert_id).values(delivered=status)
+            await self.ledger.write(lambda conn: conn.execute(mark).rowcount)
         except Exception:  # noqa: BLE001 - bookkeeping of a notification must never raise
             logger.exception("could not record the delivery of alert %s", crossing.alert_id)
 

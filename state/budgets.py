@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -283,7 +283,6 @@ class BudgetBook:
         for value in (daily_usd, monthly_usd):
             if value is not None and value < 0:
                 raise ValueError("a budget cannot be negative")
-        await self.ledger.ensure_schema()
         dialect_insert = pg_insert if self.ledger.dialect == "postgresql" else sqlite_insert
         values = {"daily_usd": daily_usd, "monthly_usd": monthly_usd, "updated_at": self.clock()}
         statement = (
@@ -291,8 +290,7 @@ class BudgetBook:
             .values(scope=scope, scope_key=key, **values)
             .on_conflict_do_update(index_elements=["scope", "scope_key"], set_=values)
         )
-        async with self.ledger.engine.begin() as conn:
-            await conn.execute(statement)
+        await self.ledger.write(lambda conn: conn.execute(statement).rowcount)
         self._limits_read = float("-inf")
 
     # -- reserve, settle, expire ----------------------------------------------
@@ -318,37 +316,41 @@ class BudgetBook:
     async def _try_reserve(
         self, request_id: str, amount: float, windows: list[BudgetWindow], now: datetime
     ) -> Held | Refused:
+        expires_at = now + timedelta(seconds=self.settings.reservation_ttl_s)
+
+        def hold(conn: Connection) -> None:
+            counters: list[list[float]] = []
+            for window in windows:
+                params = {
+                    "b_scope": window.scope,
+                    "b_key": window.scope_key,
+                    "b_period": window.period,
+                    "b_window": window.window_key,
+                    "amount": amount,
+                    "limit": window.limit_usd,
+                }
+                counter_id = conn.execute(_RESERVE, params).scalar()
+                if counter_id is None:
+                    conn.execute(self._open_counter, params)
+                    counter_id = conn.execute(_RESERVE, params).scalar()
+                if counter_id is None:
+                    raise _Refusal(window)  # rolls the whole transaction back
+                counters.append([counter_id, window.limit_usd])
+            conn.execute(
+                _INSERT_RESERVATION,
+                {
+                    "id": request_id,
+                    "amount_usd": amount,
+                    "counter_ids": counters,
+                    "status": "active",
+                    "created_at": now,
+                    "expires_at": expires_at,
+                    "settled_usd": None,
+                },
+            )
+
         try:
-            async with self.ledger.engine.begin() as conn:
-                counters: list[list[float]] = []
-                for window in windows:
-                    params = {
-                        "b_scope": window.scope,
-                        "b_key": window.scope_key,
-                        "b_period": window.period,
-                        "b_window": window.window_key,
-                        "amount": amount,
-                        "limit": window.limit_usd,
-                    }
-                    counter_id = (await conn.execute(_RESERVE, params)).scalar()
-                    if counter_id is None:
-                        await conn.execute(self._open_counter, params)
-                        counter_id = (await conn.execute(_RESERVE, params)).scalar()
-                    if counter_id is None:
-                        raise _Refusal(window)
-                    counters.append([counter_id, window.limit_usd])
-                await conn.execute(
-                    _INSERT_RESERVATION,
-                    {
-                        "id": request_id,
-                        "amount_usd": amount,
-                        "counter_ids": counters,
-                        "status": "active",
-                        "created_at": now,
-                        "expires_at": now + timedelta(seconds=self.settings.reservation_ttl_s),
-                        "settled_usd": None,
-                    },
-                )
+            await self.ledger.write(hold)
         except _Refusal as refusal:
             return await self._refused(refusal.window, amount)
         return Held(reservation_id=request_id, amount_usd=amount)
@@ -367,65 +369,56 @@ class BudgetBook:
         so the money and the record can never disagree. Returns the alert
         thresholds this settlement crossed (each at most once per window).
         """
-        await self.ledger.ensure_schema()
-        async with self.ledger.engine.begin() as conn:
-            claimed = (
-                await conn.execute(
-                    _CLAIM,
-                    {
-                        "r_id": reservation_id,
-                        "new_status": "settled" if actual_usd > 0 else "released",
-                        "actual": actual_usd,
-                    },
-                )
+        new_status = "settled" if actual_usd > 0 else "released"
+        values = usage_values(usage) if usage is not None else None
+
+        def settle_now(conn: Connection) -> list[Crossing]:
+            claimed = conn.execute(
+                _CLAIM, {"r_id": reservation_id, "new_status": new_status, "actual": actual_usd}
             ).first()
             crossings: list[Crossing] = []
             if claimed is not None:
                 amount, counters = claimed
-                crossings = await self._settle_counters(conn, counters, amount, actual_usd)
+                crossings = self._settle_counters(conn, counters, amount, actual_usd)
             elif actual_usd > 0:
                 # expired before it settled: its hold is gone, the spend still counts, once
-                row = (
-                    await conn.execute(
-                        _CLAIM_EXPIRED, {"r_id": reservation_id, "actual": actual_usd}
-                    )
+                row = conn.execute(
+                    _CLAIM_EXPIRED, {"r_id": reservation_id, "actual": actual_usd}
                 ).first()
                 if row is not None:
-                    crossings = await self._settle_counters(conn, row[0], 0.0, actual_usd)
-            if usage is not None:
-                await conn.execute(INSERT_USAGE, usage_values(usage))
-        return crossings
+                    crossings = self._settle_counters(conn, row[0], 0.0, actual_usd)
+            if values is not None:
+                conn.execute(INSERT_USAGE, values)
+            return crossings
 
-    async def _settle_counters(
-        self, conn: AsyncConnection, counters: list[Any], amount: float, actual: float
+        return await self.ledger.write(settle_now)
+
+    def _settle_counters(
+        self, conn: Connection, counters: list[Any], amount: float, actual: float
     ) -> list[Crossing]:
         crossings: list[Crossing] = []
         for counter_id, limit in sorted(counters):
-            row = (
-                await conn.execute(
-                    _SETTLE_COUNTER, {"c_id": counter_id, "amount": amount, "actual": actual}
-                )
+            row = conn.execute(
+                _SETTLE_COUNTER, {"c_id": counter_id, "amount": amount, "actual": actual}
             ).one()
             after = row.committed_usd
             before = after - actual
             for threshold in ALERT_THRESHOLDS:
                 mark = threshold * limit
                 if actual > 0 and before < mark <= after + EPSILON_USD:
-                    alert_id = (
-                        await conn.execute(
-                            self._raise_alert,
-                            {
-                                "created_at": self.clock(),
-                                "scope": row.scope,
-                                "scope_key": row.scope_key,
-                                "period": row.period,
-                                "window_key": row.window_key,
-                                "threshold": threshold,
-                                "spent_usd": after,
-                                "limit_usd": limit,
-                                "delivered": "pending",
-                            },
-                        )
+                    alert_id = conn.execute(
+                        self._raise_alert,
+                        {
+                            "created_at": self.clock(),
+                            "scope": row.scope,
+                            "scope_key": row.scope_key,
+                            "period": row.period,
+                            "window_key": row.window_key,
+                            "threshold": threshold,
+                            "spent_usd": after,
+                            "limit_usd": limit,
+                            "delivered": "pending",
+                        },
                     ).scalar()
                     if alert_id is not None:
                         crossings.append(
@@ -462,16 +455,19 @@ class BudgetBook:
             .values(status="expired")
             .returning(Reservation.amount_usd, Reservation.counter_ids)
         )
-        async with self.ledger.engine.begin() as conn:
+
+        def release_stale(conn: Connection) -> int:
             expired: list[tuple[float, list[list[Any]]]] = [
-                (row[0], row[1]) for row in await conn.execute(claim)
+                (row[0], row[1]) for row in conn.execute(claim)
             ]
             releases = sorted(
                 (pair[0], amount) for amount, counters in expired for pair in counters
             )
             for counter_id, amount in releases:
-                await conn.execute(_RELEASE_COUNTER, {"c_id": counter_id, "amount": amount})
-        return len(expired)
+                conn.execute(_RELEASE_COUNTER, {"c_id": counter_id, "amount": amount})
+            return len(expired)
+
+        return await self.ledger.write(release_stale)
 
     async def status(
         self, user: str | None = None, team: str | None = None

@@ -1,4 +1,4 @@
-"""The ledger: the product's record of money, in SQLAlchemy 2 (async).
+"""The ledger: the product's record of money, in SQLAlchemy 2.
 
 Tables: one ``usage_records`` row per request; ``budget_counters`` with the
 committed and reserved spend of every budget window; ``reservations`` held by
@@ -6,23 +6,35 @@ requests in flight; ``budgets`` set through the API; ``alerts`` raised; and
 ``routing_overrides``. The schema is created and upgraded by the Alembic
 migrations in ``state/migrations`` (``hybrid-router migrate``), applied
 automatically on first use unless ``AUTO_MIGRATE=false``.
+
+Reads go through the async engine. Writes are functions of one synchronous
+connection, run as one transaction by :meth:`Ledger.write`: on PostgreSQL in
+the async engine's connection (``run_sync``), on a SQLite file in one writer
+thread of the process with the standard library's driver. SQLite has a single
+writer anyway, and a whole transaction in one thread hop costs about a third
+of the same statements sent one by one through aiosqlite (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
+    Connection,
     DateTime,
+    Engine,
     Float,
     Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
+    create_engine,
     event,
     insert,
     select,
@@ -33,6 +45,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from state.settings import Settings
+
+T = TypeVar("T")
 
 
 class Base(DeclarativeBase):
@@ -167,9 +181,8 @@ def build_engine(settings: Settings) -> AsyncEngine:
         sqlite_file.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
-        # SQLite has one writer: a single connection per process queues work in
-        # the event loop instead of in SQLite's busy handler, whose waits make the
-        # tail latency (BENCHMARKS.md). Other processes still meet the busy handler.
+        # Reads only: writes go through the writer thread (Ledger.write). One
+        # connection keeps a burst of reads from opening many.
         kwargs.update(pool_size=1, max_overflow=0, pool_timeout=60)
     if url.startswith("postgresql"):
         # no pre-ping: it costs a round trip per checkout; recycling covers idle drops
@@ -180,6 +193,16 @@ def build_engine(settings: Settings) -> AsyncEngine:
     if url.startswith("sqlite"):
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def build_sqlite_writer(engine: AsyncEngine) -> Engine | None:
+    """Return a synchronous engine on the same SQLite file as ``engine`` (None otherwise)."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    writer = create_engine(url.set(drivername="sqlite"), pool_size=1, max_overflow=0)
+    event.listen(writer, "connect", _sqlite_pragmas)
+    return writer
 
 
 def _migrate(settings: Settings) -> None:
@@ -197,6 +220,12 @@ class Ledger:
         self.settings = settings
         self._ready = False
         self._lock = asyncio.Lock()
+        self._writer = build_sqlite_writer(engine)
+        self._writer_thread = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
+            if self._writer is not None
+            else None
+        )
 
     @property
     def dialect(self) -> str:
@@ -214,11 +243,32 @@ class Ledger:
                     await asyncio.to_thread(_migrate, self.settings)
                 self._ready = True
 
+    async def write(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in one write transaction (committed, or rolled back if it raises).
+
+        ``work`` gets a synchronous connection and must not touch the event loop.
+        Once started, it runs to its end even if the caller is cancelled.
+        """
+        await self.ensure_schema()
+        if self._writer_thread is not None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._writer_thread, self._write_now, work)
+        async with self.engine.begin() as conn:
+            return await conn.run_sync(work)
+
+    def _write_now(self, work: Callable[[Connection], T]) -> T:
+        assert self._writer is not None
+        with self._writer.begin() as conn:
+            return work(conn)
+
     async def record(self, row: UsageRecord) -> None:
         """Write one request's row."""
-        await self.ensure_schema()
-        async with self.engine.begin() as conn:
-            await conn.execute(INSERT_USAGE, usage_values(row))
+        values = usage_values(row)
+
+        def insert_row(conn: Connection) -> None:
+            conn.execute(INSERT_USAGE, values)
+
+        await self.write(insert_row)
 
     async def rows(self, limit: int = 1000) -> list[UsageRecord]:
         """Return the latest rows, newest first."""
@@ -230,5 +280,9 @@ class Ledger:
             return [UsageRecord(**dict(r._mapping)) for r in result]
 
     async def aclose(self) -> None:
-        """Dispose of the engine's connections."""
+        """Finish the writes in flight and dispose of the engines' connections."""
+        if self._writer_thread is not None:
+            await asyncio.to_thread(self._writer_thread.shutdown, wait=True)
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.dispose)
         await self.engine.dispose()
