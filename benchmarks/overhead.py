@@ -21,6 +21,12 @@ and callbacks off, and this process refuses any connection off the loopback.
     .venv-bench/bin/python benchmarks/overhead.py              # ours and LiteLLM
     .venv/bin/python benchmarks/overhead.py --requests 2000    # ours only
     .venv-bench/bin/python benchmarks/overhead.py --prompt long  # a ~4k-token prompt
+    .venv-bench/bin/python benchmarks/overhead.py --prompt long --fresh  # never the same text
+
+The router keeps the token counts of long texts it has seen (a chat resends its
+history every turn), so a prompt repeated verbatim is counted once. With
+``--fresh`` every request of every path ends its last message with its own
+number, so no count is ever reused: the worst case for ours.
 """
 
 from __future__ import annotations
@@ -112,7 +118,18 @@ async def measure(
 
 async def main(args: argparse.Namespace) -> None:
     guard_loopback()
-    messages = PROMPTS[args.prompt]
+    base = PROMPTS[args.prompt]
+    sent = 0
+
+    def prompt() -> list[dict[str, Any]]:
+        """The messages of the next request: the same ones, or with a unique tail."""
+        nonlocal sent
+        if not args.fresh:
+            return base
+        sent += 1
+        last = base[-1]
+        return [*base[:-1], {**last, "content": f"{last['content']}\n(request {sent})"}]
+
     litellm = None if args.no_litellm else import_litellm()
     info = machine_info()
     picked: Counter[str] = Counter()
@@ -122,24 +139,29 @@ async def main(args: argparse.Namespace) -> None:
             settings = emulator_settings(url, database_url=f"sqlite:///{tmp}/ledger.db")
             services = await build_services(settings)
             context = Context(services=services)
-            payload = orjson.dumps({"model": MODEL, "max_tokens": MAX_TOKENS, "messages": messages})
+            payload = orjson.dumps({"model": MODEL, "max_tokens": MAX_TOKENS, "messages": base})
             headers = {"content-type": "application/json"}
             async with httpx.AsyncClient() as client:
 
                 async def direct() -> None:
+                    body = payload
+                    if args.fresh:
+                        body = orjson.dumps(
+                            {"model": MODEL, "max_tokens": MAX_TOKENS, "messages": prompt()}
+                        )
                     response = await client.post(
-                        f"{url}/chat/completions", content=payload, headers=headers
+                        f"{url}/chat/completions", content=body, headers=headers
                     )
                     response.raise_for_status()
                     orjson.loads(response.content)
 
                 async def routed() -> None:
-                    result = await graph.ainvoke({"messages": messages}, context=context)
+                    result = await graph.ainvoke({"messages": prompt()}, context=context)
                     routes[f"default -> {result['routing']['backend']}"] += 1
 
                 async def routed_serverless() -> None:
                     result = await graph.ainvoke(
-                        {"messages": messages, "force_backend": "serverless"}, context=context
+                        {"messages": prompt(), "force_backend": "serverless"}, context=context
                     )
                     routes[f"forced -> {result['routing']['backend']}"] += 1
 
@@ -154,7 +176,7 @@ async def main(args: argparse.Namespace) -> None:
 
                     async def via_litellm() -> None:
                         response = await router.acompletion(
-                            model=MODEL, messages=messages, max_tokens=MAX_TOKENS
+                            model=MODEL, messages=prompt(), max_tokens=MAX_TOKENS
                         )
                         picked[str(response._hidden_params.get("model_id"))] += 1
 
@@ -179,7 +201,8 @@ async def main(args: argparse.Namespace) -> None:
     print_machine(info)
     print(
         f"{args.requests} requests per path, interleaved in blocks of {args.block}; "
-        f"prompt {args.prompt!r}; one in-process loopback emulator answering at once"
+        f"prompt {args.prompt!r}{' (fresh text every request)' if args.fresh else ''}; "
+        "one in-process loopback emulator answering at once"
     )
     print(f"{'path':<46}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'+p50 ms':>10}{'+p99 ms':>10}")
     for name, f in figures.items():
@@ -212,6 +235,7 @@ async def main(args: argparse.Namespace) -> None:
         {
             "requests_per_path": args.requests,
             "prompt": args.prompt,
+            "fresh": args.fresh,
             "block": args.block,
             "machine": info,
             "litellm": litellm_version() if litellm is not None else None,
@@ -234,6 +258,11 @@ if __name__ == "__main__":
         choices=list(PROMPTS),
         default="hello",
         help='"Hello!" (default), a ~4k-token prompt, or ~3k tokens of plain prose',
+    )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="end every request's last message with its own number (no count is reused)",
     )
     parser.add_argument("--no-litellm", action="store_true", help="measure ours only")
     parser.add_argument(

@@ -25,8 +25,9 @@ async def test_server_graph_shows_both_backends_and_fallback_edges(langgraph_dev
     assistants = await client.assistants.search(graph_id="router")
     drawn = await client.assistants.get_graph(assistants[0]["assistant_id"])
     edges = {(e["source"], e["target"], bool(e.get("conditional"))) for e in drawn["edges"]}
-    assert ("choose_backend", "generate_serverless", True) in edges
-    assert ("choose_backend", "generate_gpu", True) in edges
+    assert ("__start__", "plan_route", False) in edges
+    assert ("plan_route", "generate_serverless", True) in edges
+    assert ("plan_route", "generate_gpu", True) in edges
     assert ("generate_serverless", "generate_gpu", True) in edges
     assert ("generate_gpu", "generate_serverless", True) in edges
     assert ("generate_gpu", "track_usage", False) in edges

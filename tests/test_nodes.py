@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,84 @@ def test_long_prompts_are_scored_on_their_head_and_tail():
     assert complexity_level(complexity_score(score_features(messages, tokens, None))) == "high"
     short = [{"role": "user", "content": ask}]
     assert scanned_text(short) == ask
+
+
+def test_long_texts_are_counted_once_and_the_count_stays_exact():
+    from backends import tokens
+
+    text = "Compare event sourcing with CRUD, step by step. " * 200
+    exact = len(tokens._encoding().encode_ordinary(text))
+    tokens.clear_token_cache()
+    assert count_text_tokens(text) == exact
+    assert count_text_tokens(text) == exact  # from the cache
+    # one character more is another text, counted afresh
+    assert count_text_tokens(text + "!") == len(tokens._encoding().encode_ordinary(text + "!"))
+    # the cache keeps digests, at most CACHE_ENTRIES of them
+    cache = tokens._CountCache(entries=3)
+    texts = [f"{i} " + text for i in range(5)]
+    counts = [cache.count(t) for t in texts]
+    assert len(cache._counts) == 3
+    assert all(isinstance(key, bytes) and len(key) == 16 for key in cache._counts)
+    assert [cache.count(t) for t in texts] == counts
+
+
+# The features' plain definition: one case-insensitive regex per feature over the
+# scanned text. analyze_complexity reads the same features faster (word sets and
+# a few regexes that can skip ahead); both must agree.
+_PLAIN = {
+    "code": re.compile(
+        r"```|\bdef\s+\w+\(|\bclass\s+\w+|\bfunction\s+\w+\(|\bimport\s+\w+|#include|"
+        r"\bSELECT\b.+\bFROM\b|=>|\bconsole\.log\b|\b(?:python|javascript|typescript|rust|"
+        r"golang|sql|regex|refactor|debug|stack trace|compile|unit tests?)\b",
+        re.IGNORECASE | re.DOTALL,
+    ),
+    "math": re.compile(
+        r"\b(?:prove|proof|theorem|integral|derivative|equation|matrix|probability|"
+        r"eigen\w*|lemma|optimi[sz]e|calculate|compute)\b|[=<>]\s*\d|\d\s*[\^*/+-]\s*\d|[∑∫√π]",
+        re.IGNORECASE,
+    ),
+    "multi_step": re.compile(
+        r"\bstep[- ]by[- ]step\b|\bsteps?\b|\bfirst\b|\bthen\b|\bfinally\b|\bafter that\b|"
+        r"\bnext\b|^\s*(?:\d+[.)]|[-*•])\s+",
+        re.IGNORECASE | re.MULTILINE,
+    ),
+    "reasoning": re.compile(
+        r"\b(?:analy[sz]e|analysis|compare|comparison|evaluate|assess|trade-?offs?|"
+        r"pros and cons|critique|justify|explain why|design|architecture|strategy|recommend|"
+        r"implications?|in depth|detailed|comprehensive|root cause)\b",
+        re.IGNORECASE,
+    ),
+    "structured_output": re.compile(
+        r"\b(?:json|yaml|xml|csv|schema|table|markdown table|structured)\b", re.IGNORECASE
+    ),
+}
+_CAPS = {"code": 1, "math": 3, "multi_step": 4, "reasoning": 3, "structured_output": 1}
+_TEXTS = [
+    "Hello!",
+    "Explain this step by step.",
+    "Write a python function `def parse(x):` that parses dates, with unit tests.",
+    "Analyze and compare three architectures step by step. First evaluate cost, then "
+    "assess latency, finally recommend one and justify it in a table.\n1. cost\n2. latency",
+    "Prove that the integral of x^2 from 0 to 1 equals 1/3; compute 2 * 4 and 7+1.",
+    "Eigenvalues and eigenvectors of this matrix, please. ∑ over i of π.",
+    "We have a subclass Foo and an undef bar( call; SELECT name FROM users; x => y.",
+    "Give the pros and cons, explain why, in depth: the root cause and trade-offs, "
+    "tradeoff analysis. After that, step-by-step, the next steps.",
+    "- first item\n* second item\n• third\n  3) fourth\n\n\n- fifth",
+    "Return JSON matching this schema; a markdown table is fine. console.log(x)",
+    "#include <stdio.h>\nimport os\nclass A: pass\nfunction go() {}",
+    "The quarterly report covers revenue across regions, with notes on hiring. " * 50,
+    "Stack trace attached. Can you debug and refactor this Rust code? Optimise it.",
+    "Café naïve résumé: prüfe den Beweis, bitte. Übersetze 3 Sätze.",
+]
+
+
+@pytest.mark.parametrize("text", _TEXTS)
+def test_fast_features_agree_with_their_plain_regexes(text):
+    from nodes.analyze_complexity import feature_counts, scanned_text
+
+    sample = scanned_text([{"role": "user", "content": text}])
+    fast = feature_counts(sample.lower())
+    for name, pattern in _PLAIN.items():
+        plain = min(len(pattern.findall(sample)), _CAPS[name])
+        assert min(fast[name], _CAPS[name]) == plain, (name, text)

@@ -330,3 +330,32 @@ async def test_serverless_share_is_capped_by_the_ratio(both_up: Harness):
     assert all(got == want for got, want in outcomes)
     share = sum(got == "serverless" for got, _ in outcomes) / len(outcomes)
     assert 0.2 < share < 0.8
+
+
+async def test_four_decisions_run_as_one_plan_step(both_up: Harness):
+    context = await both_up.context()
+    steps = []
+    async for update in graph.astream(GREETING, context=context, stream_mode="updates"):
+        steps.extend(update)
+        if "plan_route" in update:
+            plan = update["plan_route"]
+    # three graph steps on the hot path, not six
+    assert steps == ["plan_route", "generate_gpu", "track_usage"]
+    # each decision's outcome is in the one step's update, as Studio shows it
+    assert plan["complexity"]["level"] == "low"  # analyze_complexity
+    assert plan["candidates"]["gpu"] == "llama3.1-8b-instruct"  # select_model
+    assert plan["budget"]["reason"].startswith("GPU pool first")  # check_budget
+    assert plan["backend"] == "gpu" and "spare capacity" in plan["backend_reason"]
+    assert plan["attempts"] == []
+
+
+async def test_a_refusal_in_the_plan_step_ends_the_run_before_any_backend_step(both_up: Harness):
+    context = await both_up.context(over_budget_policy="reject", lambda_daily_budget=0.0)
+    steps = []
+    with pytest.raises(BudgetExceededError):
+        async for update in graph.astream(
+            {**ANALYSIS, "force_backend": "serverless"}, context=context, stream_mode="updates"
+        ):
+            steps.extend(update)
+    assert steps == []
+    assert await ledger_rows(context) == []
