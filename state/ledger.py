@@ -247,7 +247,9 @@ class Ledger:
         """Run ``work`` in one write transaction (committed, or rolled back if it raises).
 
         ``work`` gets a synchronous connection and must not touch the event loop.
-        Once started, it runs to its end even if the caller is cancelled.
+        On SQLite it runs in the writer thread and, once started, to its end even
+        if the caller is cancelled (a reservation so orphaned expires after
+        ``RESERVATION_TTL_S``).
         """
         await self.ensure_schema()
         if self._writer_thread is not None:
