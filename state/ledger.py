@@ -181,8 +181,8 @@ def build_engine(settings: Settings) -> AsyncEngine:
         sqlite_file.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
-        # Reads only: writes go through the writer thread (Ledger.write). One
-        # connection keeps a burst of reads from opening many.
+        # On a file, reads only: writes go through the writer thread
+        # (Ledger.write). One connection keeps a burst of reads from opening many.
         kwargs.update(pool_size=1, max_overflow=0, pool_timeout=60)
     if url.startswith("postgresql"):
         # no pre-ping: it costs a round trip per checkout; recycling covers idle drops
