@@ -472,27 +472,40 @@ def same_shape_graph(small_state: bool = False) -> Any:
             context_schema=Context,
         )
     b.add_node("plan_route", _noop)
+    b.add_edge(START, "plan_route")
+    wire_generation(b, "plan_route", route, (_noop, _noop, _noop), retry, (_noop_handler,) * 2)
+    return b.compile(name="router-shape")
+
+
+def wire_generation(
+    b: Any,
+    after: str,
+    route: Callable[..., Any],
+    nodes: tuple[Any, Any, Any],
+    retry: RetryPolicy,
+    handlers: tuple[Any, Any],
+) -> None:
+    """Add the router's generate nodes (retry policy, fallback handlers) and track_usage."""
+    serverless, gpu, track = nodes
     b.add_node(
         "generate_serverless",
-        _noop,
+        serverless,
         retry_policy=retry,
-        error_handler=_noop_handler,
+        error_handler=handlers[0],
         destinations=("generate_gpu", "track_usage"),
     )
     b.add_node(
         "generate_gpu",
-        _noop,
+        gpu,
         retry_policy=retry,
-        error_handler=_noop_handler,
+        error_handler=handlers[1],
         destinations=("generate_serverless", "track_usage"),
     )
-    b.add_node("track_usage", _noop)
-    b.add_edge(START, "plan_route")
-    b.add_conditional_edges("plan_route", route, ["generate_serverless", "generate_gpu"])
+    b.add_node("track_usage", track)
+    b.add_conditional_edges(after, route, ["generate_serverless", "generate_gpu"])
     b.add_edge("generate_serverless", "track_usage")
     b.add_edge("generate_gpu", "track_usage")
     b.add_edge("track_usage", END)
-    return b.compile(name="router-shape")
 
 
 class ChainState(TypedDict, total=False):
@@ -547,30 +560,17 @@ def six_step_graph() -> Any:
     decisions = (analyze_complexity, select_model, check_budget, choose_backend)
     for node in decisions:
         b.add_node(node)
-    b.add_node(
-        "generate_serverless",
-        generate_serverless,
-        retry_policy=GENERATE_RETRY,
-        error_handler=fall_back_from_serverless,
-        destinations=("generate_gpu", "track_usage"),
-    )
-    b.add_node(
-        "generate_gpu",
-        generate_gpu,
-        retry_policy=GENERATE_RETRY,
-        error_handler=fall_back_from_gpu,
-        destinations=("generate_serverless", "track_usage"),
-    )
-    b.add_node("track_usage", track_usage)
     b.add_edge(START, "analyze_complexity")
     for first, then in itertools.pairwise(decisions):
         b.add_edge(first.__name__, then.__name__)
-    b.add_conditional_edges(
-        "choose_backend", route_to_backend, ["generate_serverless", "generate_gpu"]
+    wire_generation(
+        b,
+        "choose_backend",
+        route_to_backend,
+        (generate_serverless, generate_gpu, track_usage),
+        GENERATE_RETRY,
+        (fall_back_from_serverless, fall_back_from_gpu),
     )
-    b.add_edge("generate_serverless", "track_usage")
-    b.add_edge("generate_gpu", "track_usage")
-    b.add_edge("track_usage", END)
     return b.compile(name="router-six-steps")
 
 
