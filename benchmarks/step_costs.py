@@ -96,6 +96,20 @@ POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 Calls = Callable[[], Awaitable[Any]]
 
 
+def direct_post(client: httpx.AsyncClient, url: str) -> Calls:
+    """The floor: the GPU route's request body POSTed straight to the emulator."""
+    payload = orjson.dumps({"model": "llama3.1-8b-instruct", "messages": HELLO, "max_tokens": 1024})
+
+    async def direct() -> None:
+        response = await client.post(
+            f"{url}/chat/completions", content=payload, headers={"content-type": "application/json"}
+        )
+        response.raise_for_status()
+        orjson.loads(response.content)
+
+    return direct
+
+
 async def timed(fn: Calls, calls: int, warmup: int) -> list[float]:
     for _ in range(warmup):
         await fn()
@@ -256,17 +270,8 @@ async def our_steps(
     rows["choose_backend"] = stats(await timed(choose, calls, warmup))
     state = merge(state, update)
 
-    payload = orjson.dumps({"model": "llama3.1-8b-instruct", "messages": HELLO, "max_tokens": 1024})
     async with httpx.AsyncClient() as client:
-
-        async def direct() -> None:
-            response = await client.post(
-                f"{url}/chat/completions",
-                content=payload,
-                headers={"content-type": "application/json"},
-            )
-            response.raise_for_status()
-            orjson.loads(response.content)
+        direct = direct_post(client, url)
 
         async def generate(state: dict[str, Any] = state) -> None:
             await generate_gpu(state, runtime)  # type: ignore[arg-type]
@@ -597,17 +602,8 @@ async def whole_request(
     context = Context(services=services)
     # fresh health: a probe starved by an earlier CPU-bound phase may have marked the pool down
     await services.gpu_pool.probe()
-    payload = orjson.dumps({"model": "llama3.1-8b-instruct", "messages": HELLO, "max_tokens": 1024})
     async with httpx.AsyncClient() as client:
-
-        async def direct() -> None:
-            response = await client.post(
-                f"{url}/chat/completions",
-                content=payload,
-                headers={"content-type": "application/json"},
-            )
-            response.raise_for_status()
-            orjson.loads(response.content)
+        direct = direct_post(client, url)
 
         async def nodes_only() -> None:
             await pipeline({"messages": HELLO}, runtime)
