@@ -56,7 +56,7 @@ from _common import (
     write_json,
 )
 
-from backends.emulator import EmulatorConfig, serve_emulator
+from emulator import EmulatorConfig, serve_emulator
 from graphs.router import graph
 from state.context import Context, build_services
 

@@ -71,8 +71,8 @@ from langgraph.runtime import Runtime
 from langgraph.types import RetryPolicy
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from backends.emulator import EmulatorConfig, serve_emulator
 from backends.tokens import clear_token_cache, count_message_tokens
+from emulator import EmulatorConfig, serve_emulator
 from graphs.router import graph, route_to_backend
 from nodes.analyze_complexity import analyze_complexity, score_features
 from nodes.check_budget import check_budget

@@ -114,7 +114,7 @@ def _print_result(result: dict[str, Any]) -> None:
 
 
 def _emulate(args: argparse.Namespace) -> None:
-    from backends.emulator import EmulatorConfig, run
+    from emulator import EmulatorConfig, run
 
     config = EmulatorConfig(
         models=[m.strip() for m in args.models.split(",") if m.strip()],

@@ -21,7 +21,7 @@ os.environ.setdefault("LANGSMITH_TRACING", "false")
 os.environ.setdefault("LANGSMITH_TEST_TRACKING", "false")
 
 from backends.catalog import get_catalog  # noqa: E402
-from backends.emulator import EmulatorConfig, serve_emulator  # noqa: E402
+from emulator import EmulatorConfig, serve_emulator  # noqa: E402
 from state.context import Context, Services, build_services  # noqa: E402
 from state.settings import Settings  # noqa: E402
 

@@ -18,8 +18,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from backends.catalog import get_catalog
-from backends.emulator import _EmbeddedServer
 from backends.tokens import count_message_tokens
+from emulator.server import _EmbeddedServer
 from graphs.router import graph
 from state.budgets import Held, Refused
 from state.errors import BudgetExceededError

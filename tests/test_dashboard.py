@@ -34,7 +34,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from backends.emulator import _EmbeddedServer
+from emulator.server import _EmbeddedServer
 from gateway.dashboard import STATIC_DIR, create_dashboard
 from graphs.router import graph
 from state.context import Context, Services
@@ -419,7 +419,7 @@ def test_importing_the_dashboard_does_nothing():
     code = (
         "import sys, gateway.dashboard as d, state.context as c; "
         "assert not c._default_services; "
-        "assert 'backends.emulator' not in sys.modules; "
+        "assert 'emulator' not in sys.modules; "
         "app = d.create_dashboard(c.default_services); "
         "assert not app.state.dashboard._files and not app.state.dashboard._data; print('ok')"
     )

@@ -24,7 +24,7 @@ import uvicorn
 from langchain_openai import ChatOpenAI
 
 from backends.catalog import get_catalog
-from backends.emulator import _EmbeddedServer
+from emulator.server import _EmbeddedServer
 from gateway.app import _draining, _events, _StreamRun, create_app
 from gateway.openai_format import ChunkWriter
 from state.context import Services
@@ -453,7 +453,7 @@ def test_importing_the_app_builds_nothing():
     code = (
         "import sys, gateway.app as g, state.context as c; "
         "assert not c._default_services; "
-        "assert 'backends.emulator' not in sys.modules; "
+        "assert 'emulator' not in sys.modules; "
         "assert g.app.state.gateway._models is None; print('ok')"
     )
     result = subprocess.run(

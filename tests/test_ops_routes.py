@@ -20,7 +20,7 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
-from backends.emulator import _EmbeddedServer
+from emulator.server import _EmbeddedServer
 from gateway.app import create_app
 from gateway.ops import public_url
 from state.context import Services
