@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import tomllib
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -14,6 +15,10 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 Backend = Literal["serverless", "gpu"]
+# What a request may need of a model: tool calling, JSON mode, JSON-schema
+# structured output, image input, token log-probabilities.
+Capability = Literal["tools", "json_mode", "json_schema", "vision", "logprobs"]
+CAPABILITIES: tuple[Capability, ...] = ("tools", "json_mode", "json_schema", "vision", "logprobs")
 
 
 class ModelSpec(BaseModel, frozen=True):
@@ -27,6 +32,11 @@ class ModelSpec(BaseModel, frozen=True):
     serverless: bool
     gpu: bool
     gpu_model_id: str | None = None
+    capabilities: frozenset[Capability] = frozenset()
+
+    def supports(self, needs: Iterable[str]) -> bool:
+        """Say whether the model offers every capability in ``needs``."""
+        return self.capabilities.issuperset(needs)
 
     def offered_on(self, backend: Backend) -> bool:
         """Say whether ``backend`` serves this model."""

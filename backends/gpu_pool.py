@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -21,6 +22,7 @@ import httpx
 import orjson
 from pydantic import SecretStr
 
+from backends.errors import BackendError
 from backends.openai_compat import OpenAICompatClient
 
 logger = logging.getLogger(__name__)
@@ -124,6 +126,26 @@ class GpuPool:
         """Return the least-loaded endpoint that may serve ``model``, if any."""
         ready = self.candidates(model)
         return ready[0] if ready else None
+
+    @contextlib.asynccontextmanager
+    async def lease(self, endpoint: GpuEndpoint) -> AsyncIterator[GpuEndpoint]:
+        """Hold a slot on ``endpoint`` for one call, and learn from how the call ended.
+
+        A success clears the endpoint's failure state; a connection error,
+        timeout, 408, 429 or 5xx counts against it; a client error (another
+        4xx: the request's fault) and a cancelled call do not.
+        """
+        endpoint.in_flight += 1
+        try:
+            yield endpoint
+        except BackendError as error:
+            if not error.client_error:
+                self.mark_failure(endpoint, error.detail)
+            raise
+        else:
+            self.mark_success(endpoint)
+        finally:
+            endpoint.in_flight -= 1
 
     def mark_failure(self, endpoint: GpuEndpoint, error: str) -> None:
         """Count a failure; a second failure in a row puts the endpoint into cool-down."""

@@ -40,6 +40,11 @@ refusal (with ``remaining_usd`` and ``resets_at``), 502 every backend failed,
 503 no backend available, 500 anything else (generic message; details only in
 the log).
 
+The same goes for what no route serves: a body over ``MAX_REQUEST_BYTES`` is
+413 (:mod:`gateway.limits`, middleware on every route); another path under
+``/v1`` is 404, a served one with the wrong method 405 (:mod:`gateway.http_errors`);
+``GET /v1/models/{id}`` of an unknown model is 404 ``model_not_found``.
+
 Importing this module does no I/O and builds no client: the services, the
 catalog and the models list are built on first use.
 """
@@ -54,6 +59,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, cast
 
+import orjson
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -63,6 +69,8 @@ from starlette.routing import Mount, Route
 from backends.catalog import get_catalog
 from gateway.auth import ApiKeyMiddleware, caller
 from gateway.dashboard import create_dashboard
+from gateway.http_errors import ModelNotFoundError, v1_fallback_routes
+from gateway.limits import BodyLimitMiddleware
 from gateway.metrics import RouterMetrics
 from gateway.openai_format import (
     ChatRequest,
@@ -91,11 +99,8 @@ _SSE = "text/event-stream"
 # below) after each step: the routed models before the first token, the answer at
 # the end. ("updates" would add nothing: it is filtered to the same keys.)
 _STREAM_MODES = ["custom", "values"]
-# The graph's output plus the finish reason, which its output schema leaves out.
-_OUTPUT_KEYS = [
-    *graph.output_channels,
-    *(["finish_reason"] if "finish_reason" in graph.channels else []),
-]
+# The graph's output without the conversation (an OpenAI answer carries only the reply).
+_OUTPUT_KEYS = [k for k in graph.output_channels if k not in ("messages", "decisions")]
 # Streams also need each backend's model, to name it before the answer is done.
 _STREAM_KEYS = [*_OUTPUT_KEYS, "candidates"]
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -160,12 +165,12 @@ class _StreamRun:
                 raise item
             yield item
 
-    async def first_token(self) -> tuple[Backend, str] | None:
-        """Advance to the first token; return its backend and text, or None at the end."""
+    async def first_delta(self) -> dict[str, Any] | None:
+        """Advance to the answer's first delta (text or tool call); None at the end."""
         async for mode, payload in self.events:
             if mode == "custom":
-                if isinstance(payload, dict) and payload.get("event") == "token":
-                    return payload["backend"], payload["text"]
+                if isinstance(payload, dict) and payload.get("event") == "delta":
+                    return payload
             elif mode == "values":
                 self.values = payload
         return None
@@ -195,7 +200,9 @@ class Gateway:
         self._services = services or default_services
         self._owns_default = services is None
         self._models: bytes | None = None
+        self._model_objects: dict[str, bytes] | None = None
         self._keys: RouterApiKeys | None = None
+        self._max_request_bytes: int | None = None
         self.metrics = RouterMetrics()
         self.ops = Operations(self._services, self.metrics)
 
@@ -211,6 +218,20 @@ class Gateway:
         if self._keys is None:
             self._keys = (await asyncio.to_thread(get_settings)).router_api_keys
         return self._keys
+
+    async def max_request_bytes(self) -> int:
+        """Return the largest request body the app reads (``MAX_REQUEST_BYTES``).
+
+        Read once, like :meth:`api_keys`: from the process settings off the event
+        loop, or from a given provider's services.
+        """
+        if self._max_request_bytes is None:
+            if self._owns_default:
+                settings = await asyncio.to_thread(get_settings)
+            else:
+                settings = (await self._services()).settings
+            self._max_request_bytes = settings.max_request_bytes
+        return self._max_request_bytes
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -295,7 +316,7 @@ class Gateway:
         )
         run = _StreamRun(cast(AsyncIterator[tuple[str, Any]], events))
         try:
-            first = await run.first_token()
+            first = await run.first_delta()
         except BaseException:
             await run.aclose()
             raise
@@ -312,7 +333,7 @@ class Gateway:
             body = writer.end(run.values, parsed.include_usage, with_role=True)
             self.metrics.observe_result(run.values, time.perf_counter() - started)
             return Response(body, media_type=_SSE, headers=headers)
-        backend, text = first
+        backend: Backend = first["backend"]
         self.metrics.observe_first_token(backend, time.perf_counter() - started)
         model = (run.values.get("candidates") or {}).get(backend)
         headers = {
@@ -321,7 +342,7 @@ class Gateway:
             "x-router-model": str(model),
             "x-request-id": request_id,
         }
-        writer = ChunkWriter(request_id, model)
+        writer = ChunkWriter(request_id, model, first.get("system_fingerprint"))
         metrics = self.metrics
 
         def on_end(outcome: BaseException | None, status: str | None = None) -> None:
@@ -332,7 +353,7 @@ class Gateway:
                 metrics.observe_error(outcome, latency, backend=backend, model=model, status=status)
 
         return StreamingResponse(
-            _events(run, writer, backend, text, parsed.include_usage, request_id, on_end=on_end),
+            _events(run, writer, backend, first, parsed.include_usage, request_id, on_end=on_end),
             media_type=_SSE,
             headers=headers,
         )
@@ -346,11 +367,39 @@ class Gateway:
         responses:
           '200': {description: an OpenAI list of model objects}
         """
-        if self._models is None:
+        models, _ = await self._catalog_models()
+        return Response(models, media_type=_JSON)
+
+    async def model(self, request: Request) -> Response:
+        """Answer ``GET /v1/models/{model_id}``: one entry of ``GET /v1/models``.
+
+        ---
+        summary: Retrieve a model (OpenAI-compatible), with its context window and prices
+        tags: [OpenAI-compatible gateway]
+        parameters:
+          - {name: model_id, in: path, required: true, schema: {type: string}}
+        responses:
+          '200': {description: the model object, as GET /v1/models lists it}
+          '404': {description: no such model (code model_not_found)}
+        """
+        model_id = request.path_params["model_id"]
+        _, objects = await self._catalog_models()
+        body = objects.get(model_id)
+        if body is None:
+            return _error_response(ModelNotFoundError(model_id), uuid.uuid4().hex)
+        return Response(body, media_type=_JSON)
+
+    async def _catalog_models(self) -> tuple[bytes, dict[str, bytes]]:
+        """Return the models list and each model's object by id, built once."""
+        if self._models is None or self._model_objects is None:
             # The catalog file is read off the event loop, once.
             catalog = await asyncio.to_thread(get_catalog)
-            self._models = models_body(catalog, int(time.time()))
-        return Response(self._models, media_type=_JSON)
+            models = models_body(catalog, int(time.time()))
+            self._model_objects = {
+                entry["id"]: orjson.dumps(entry) for entry in orjson.loads(models)["data"]
+            }
+            self._models = models
+        return self._models, self._model_objects
 
 
 StreamEnd = Callable[[BaseException | None, str | None], None]
@@ -365,7 +414,7 @@ async def _events(
     run: _StreamRun,
     writer: ChunkWriter,
     backend: str,
-    first_text: str,
+    first: dict[str, Any],
     include_usage: bool,
     request_id: str,
     *,
@@ -382,11 +431,11 @@ async def _events(
             on_end(outcome, status)
 
     try:
-        yield writer.role() + writer.token(first_text)
+        yield writer.role() + writer.delta(first)
         try:
             async for mode, payload in run.events:
                 if mode == "custom":
-                    if isinstance(payload, dict) and payload.get("event") == "token":
+                    if isinstance(payload, dict) and payload.get("event") == "delta":
                         if payload["backend"] != backend:
                             # A fallback after partial output: it cannot be spliced on.
                             interrupted = StreamInterruptedError(backend, payload["backend"])
@@ -395,7 +444,7 @@ async def _events(
                             run.detach(request_id)
                             drained = True
                             return
-                        yield writer.token(payload["text"])
+                        yield writer.delta(payload)
                 elif mode == "values":
                     run.values = payload
         except Exception as exc:
@@ -441,10 +490,14 @@ def create_app(services: ServicesProvider | None = None) -> Starlette:
     """
     gateway = Gateway(services)
     ops = gateway.ops
+    v1 = [
+        Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
+        Route("/v1/models", gateway.models, methods=["GET"]),
+        Route("/v1/models/{model_id}", gateway.model, methods=["GET"]),
+    ]
     app = Starlette(
         routes=[
-            Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
-            Route("/v1/models", gateway.models, methods=["GET"]),
+            *v1,
             Route("/health", ops.health, methods=["GET"]),
             Route("/stats", ops.stats, methods=["GET"]),
             Route("/usage", ops.usage, methods=["GET"]),
@@ -453,8 +506,14 @@ def create_app(services: ServicesProvider | None = None) -> Starlette:
             Route("/metrics", ops.metrics, methods=["GET"]),
             # the page needs the trailing slash for its relative URLs: /dashboard redirects
             Mount("/dashboard", app=create_dashboard(gateway._services)),
+            # last: any other path under /v1 is a 404 (or 405) in OpenAI error JSON
+            *v1_fallback_routes(v1),
         ],
-        middleware=[Middleware(ApiKeyMiddleware, keys=gateway.api_keys)],
+        middleware=[
+            # outermost: an oversized body is refused before anything reads it
+            Middleware(BodyLimitMiddleware, limit=gateway.max_request_bytes),
+            Middleware(ApiKeyMiddleware, keys=gateway.api_keys),
+        ],
         lifespan=gateway.lifespan,
     )
     app.state.gateway = gateway

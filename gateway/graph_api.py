@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from langchain_core.messages import BaseMessage
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import TypeAdapter
 from starlette.requests import Request
@@ -58,8 +59,19 @@ def _assistant(graph_id: str) -> dict[str, Any]:
     }
 
 
+def _plain(value: Any) -> Any:
+    """Turn a LangChain message into the dict the LangGraph server would send."""
+    if isinstance(value, BaseMessage):
+        return value.model_dump()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _dumps(body: Any) -> bytes:
+    return orjson.dumps(body, default=_plain)
+
+
 def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+    return Response(_dumps(body), status_code=status, media_type="application/json")
 
 
 def _find(key: str) -> tuple[str, CompiledStateGraph[Any, Any, Any, Any]] | None:
@@ -239,7 +251,7 @@ def graph_api_routes(services: Callable[[], Awaitable[Services]]) -> list[Route]
                 async for mode, chunk in graph.astream(
                     body["input"], context=context, stream_mode=modes
                 ):
-                    yield f"event: {mode}\ndata: ".encode() + orjson.dumps(chunk) + b"\n\n"
+                    yield f"event: {mode}\ndata: ".encode() + _dumps(chunk) + b"\n\n"
             except Exception as exc:  # noqa: BLE001 - the error becomes an event
                 status = "error"
                 yield b"event: error\ndata: " + orjson.dumps(_error(exc)) + b"\n\n"

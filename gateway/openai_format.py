@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from backends.catalog import Catalog
+from state.chat_fields import ROUTER_FIELDS, check_params
 from state.errors import BadRequestError, BudgetExceededError, RouterError
 from state.schemas import BACKENDS, RouterInput
 from state.settings import ApiKeyIdentity
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 DONE = b"data: [DONE]\n\n"
 AUTO_MODEL = "auto"
 _MAX_USER_CHARS = 128  # the ledger's ``user`` and ``team`` columns
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
 class GatewayRequestError(BadRequestError):
@@ -89,10 +91,12 @@ def parse_chat_request(
 ) -> ChatRequest:
     """Turn an OpenAI chat-completions body into the router graph's input.
 
-    Only the envelope is checked here (JSON object, ``n``, ``stream``, token
-    limits, ``user``, ``team``); the messages and the routing hints are
-    validated by the graph's ``analyze_complexity`` node. Unknown OpenAI fields
-    (``top_p``, ``stop``, ``seed``, ...) are ignored.
+    The envelope is checked here (JSON object, message roles, ``n``,
+    ``stream``, token limits, ``user``, ``team``) and the routing hints by the
+    graph's ``analyze_complexity`` node. Every other field (``tools``,
+    ``response_format``, ``stop``, ``seed``, ``logprobs``, ...) goes to the
+    backend unchanged in ``params``; the few no backend can honour are refused
+    (:mod:`state.chat_fields`).
 
     Args:
         raw: The request body.
@@ -149,7 +153,23 @@ def parse_chat_request(
             )
         include_usage = _optional_bool(options, "include_usage", "stream_options.include_usage")
 
-    graph_input: RouterInput = {"messages": body["messages"], "request_id": request_id}
+    messages = body["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise GatewayRequestError(
+            '\'messages\' must be a non-empty list such as [{"role": "user", "content": "Hello!"}]',
+            param="messages",
+            code="invalid_request",
+        )
+    for index, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in _ROLES:
+            raise GatewayRequestError(
+                f"messages[{index}] must be an object whose 'role' is one of "
+                f"{', '.join(sorted(_ROLES))}, got {role if role is not None else message!r:.60}",
+                param=f"messages[{index}].role",
+                code="invalid_request",
+            )
+    graph_input: RouterInput = {"messages": messages, "request_id": request_id}
     limits = [
         value
         for value in (
@@ -179,6 +199,11 @@ def parse_chat_request(
         value = body.get(key)
         if value is not None:
             graph_input[key] = value
+    # Every other field goes to the backend as it is (``state.chat_fields``).
+    params = {k: v for k, v in body.items() if k not in ROUTER_FIELDS and v is not None}
+    if params:
+        check_params(params)
+        graph_input["params"] = params  # type: ignore[typeddict-item]
     if stream:
         graph_input["stream"] = True
     return ChatRequest(graph_input=graph_input, stream=stream, include_usage=include_usage)
@@ -217,28 +242,30 @@ def cost_header(cost_usd: float) -> str:
 
 
 def completion_body(result: Mapping[str, Any], request_id: str) -> bytes:
-    """Return a non-streaming ``chat.completion`` answer.
+    """Return a non-streaming ``chat.completion`` answer: the backend's choice, whole.
 
     Args:
-        result: The graph's final values, with ``finish_reason`` when available.
+        result: The graph's final values (``response``, ``completion``, ``usage``, ...).
         request_id: The request's id.
 
     Returns:
         The JSON body, with our ``routing`` object beside OpenAI's fields.
     """
     routing = routing_object(result)
+    completion = result.get("completion") or {}
     return orjson.dumps(
         {
             "id": f"chatcmpl-{request_id}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": routing["model"],
+            "system_fingerprint": completion.get("system_fingerprint"),
             "choices": [
                 {
                     "index": 0,
                     "message": result.get("response") or {"role": "assistant", "content": ""},
-                    "logprobs": None,
-                    "finish_reason": result.get("finish_reason") or "stop",
+                    "logprobs": completion.get("logprobs"),
+                    "finish_reason": completion.get("finish_reason") or "stop",
                 }
             ],
             "usage": result.get("usage"),
@@ -310,25 +337,29 @@ def error_event(exc: BaseException, request_id: str) -> bytes:
 class ChunkWriter:
     """The ``chat.completion.chunk`` events of one stream, from per-stream byte templates."""
 
-    __slots__ = ("_head", "_token_head", "_id", "_created", "_model")
+    __slots__ = ("_head", "_token_head", "_id", "_created", "_model", "_fingerprint")
 
     _TOKEN_TAIL = b'},"logprobs":null,"finish_reason":null}]}\n\n'
 
-    def __init__(self, request_id: str, model: str | None) -> None:
+    def __init__(self, request_id: str, model: str | None, fingerprint: str | None = None) -> None:
         """Build the templates once for this stream.
 
         Args:
             request_id: The request's id (the chunks' id is ``chatcmpl-<request_id>``).
             model: The routed model, shown in every chunk.
+            fingerprint: The backend's ``system_fingerprint``, shown in every chunk.
         """
         self._id = f"chatcmpl-{request_id}"
         self._created = int(time.time())
         self._model = model
+        self._fingerprint = fingerprint
         self._head = b'data: {"id":%s,"object":"chat.completion.chunk","created":%d,"model":%s,' % (
             orjson.dumps(self._id),
             self._created,
             orjson.dumps(model),
         )
+        if fingerprint is not None:
+            self._head += b'"system_fingerprint":%s,' % orjson.dumps(fingerprint)
         self._token_head = self._head + b'"choices":[{"index":0,"delta":{"content":'
 
     def role(self) -> bytes:
@@ -343,20 +374,31 @@ class ChunkWriter:
         """Return one content delta."""
         return self._token_head + orjson.dumps(text) + self._TOKEN_TAIL
 
-    def _event(self, fields: dict[str, Any]) -> bytes:
-        return (
-            b"data: "
-            + orjson.dumps(
-                {
-                    "id": self._id,
-                    "object": "chat.completion.chunk",
-                    "created": self._created,
-                    "model": self._model,
-                    **fields,
-                }
-            )
-            + b"\n\n"
+    def delta(self, event: Mapping[str, Any]) -> bytes:
+        """Return one delta as the backend sent it: text, tool-call pieces, refusal, logprobs."""
+        delta = event["delta"]
+        logprobs = event.get("logprobs")
+        if logprobs is None and len(delta) == 1 and isinstance(delta.get("content"), str):
+            return self.token(delta["content"])
+        fields = {k: v for k, v in delta.items() if k != "role"}
+        return self._event(
+            {
+                "choices": [
+                    {"index": 0, "delta": fields, "logprobs": logprobs, "finish_reason": None}
+                ]
+            }
         )
+
+    def _event(self, fields: dict[str, Any]) -> bytes:
+        head = {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._model,
+        }
+        if self._fingerprint is not None:
+            head["system_fingerprint"] = self._fingerprint
+        return b"data: " + orjson.dumps({**head, **fields}) + b"\n\n"
 
     def finish(self, finish_reason: str | None, routing: dict[str, Any]) -> bytes:
         """Return the last choice chunk: the finish reason and the ``routing`` object."""
@@ -392,7 +434,8 @@ class ChunkWriter:
             The SSE bytes.
         """
         parts = [self.role()] if with_role else []
-        parts.append(self.finish(result.get("finish_reason"), routing_object(result)))
+        completion = result.get("completion") or {}
+        parts.append(self.finish(completion.get("finish_reason"), routing_object(result)))
         if include_usage:
             parts.append(self.usage(result.get("usage")))
         parts.append(DONE)

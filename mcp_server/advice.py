@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from typing_extensions import TypedDict
 
@@ -167,7 +167,7 @@ def estimate(
     Raises:
         state.errors.BadRequestError: The request is invalid (e.g. an empty prompt).
     """
-    state: RouterState = {"messages": messages, "max_tokens": max_tokens}
+    state: RouterState = {"messages": cast(Any, messages), "max_tokens": max_tokens}
     if cost_priority is not None:
         state["cost_priority"] = cost_priority
     checked = validate_request(state)

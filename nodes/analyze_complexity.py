@@ -7,6 +7,7 @@ each can be tested on its own.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import time
@@ -15,21 +16,14 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from langchain_core.messages import convert_to_openai_messages
 from langgraph.runtime import Runtime
 
 from backends.tokens import count_message_tokens, message_text
+from state.chat_fields import check_params, required_capabilities
 from state.context import Context, resolve_services
 from state.errors import BadRequestError
-from state.schemas import (
-    BACKENDS,
-    COST_PRIORITIES,
-    ChatMessage,
-    Complexity,
-    ComplexityLevel,
-    RouterState,
-)
-
-ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
+from state.schemas import BACKENDS, COST_PRIORITIES, Complexity, ComplexityLevel, RouterState
 
 # Feature weights: they add up to more than one, so a request strong on a few
 # dimensions reaches "high" without needing all of them.
@@ -42,6 +36,7 @@ WEIGHTS: dict[str, float] = {
     "multi_step": 0.3,
     "reasoning": 0.25,
     "structured_output": 0.1,
+    "tools": 0.15,
 }
 MEDIUM_THRESHOLD = 0.25
 SCAN_CHARS = 4096
@@ -85,39 +80,26 @@ _REASONING_PHRASES = (
 )
 
 
-def _message_dict(message: Any) -> ChatMessage:
-    """Return an OpenAI-style dict for a dict or a LangChain message."""
-    if isinstance(message, Mapping):
-        return dict(message)  # type: ignore[return-value]
-    role = getattr(message, "type", None)
-    if role is not None and hasattr(message, "content"):
-        roles = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
-        return {"role": roles.get(role, role), "content": message.content}
-    raise BadRequestError(
-        f"each message must be an object with 'role' and 'content', got {type(message).__name__}"
-    )
+# Above this many characters, tokens are counted in a worker thread: a huge
+# prompt must not hold up the other requests on the event loop.
+THREAD_COUNT_CHARS = 32_768
 
 
-def validate_request(state: RouterState) -> list[ChatMessage]:
-    """Check the caller's input and return the messages as plain dicts."""
+def validate_request(state: RouterState) -> list[dict[str, Any]]:
+    """Check the caller's input and return the conversation as OpenAI-style dicts."""
     raw = state.get("messages")
     if not isinstance(raw, list) or not raw:
         raise BadRequestError(
             '\'messages\' must be a non-empty list such as [{"role": "user", "content": "Hello!"}]'
         )
-    messages = [_message_dict(m) for m in raw]
+    messages: list[dict[str, Any]] = convert_to_openai_messages(raw)
     for index, message in enumerate(messages):
-        role = message.get("role")
-        if role not in ROLES:
-            raise BadRequestError(
-                f"messages[{index}].role is {role!r}; use one of {', '.join(sorted(ROLES))}"
-            )
         content = message.get("content")
         if content is not None and not isinstance(content, str | list):
             raise BadRequestError(
-                f"messages[{index}].content must be a string or a list of text parts"
+                f"messages[{index}].content must be a string or a list of content parts"
             )
-    if not any(message_text(m.get("content")).strip() for m in messages):
+    if not any(message_text(m.get("content")).strip() or m.get("tool_calls") for m in messages):
         raise BadRequestError("every message is empty: send at least one message with text")
     max_tokens = state.get("max_tokens")
     if max_tokens is not None and (
@@ -142,10 +124,18 @@ def validate_request(state: RouterState) -> list[ChatMessage]:
     model = state.get("model")
     if model is not None and not isinstance(model, str):
         raise BadRequestError(f"model must be a model id string or 'auto', got {model!r}")
+    params = state.get("params")
+    if params is not None:
+        if not isinstance(params, Mapping):
+            raise BadRequestError(
+                "params must be an object of OpenAI chat-completions fields, "
+                'e.g. {"tools": [...], "stop": ["\\n"]}'
+            )
+        check_params(params)
     return messages
 
 
-def scanned_text(messages: list[ChatMessage]) -> str:
+def scanned_text(messages: list[dict[str, Any]]) -> str:
     """Return the text the features read: all of it, or its head and tail when long.
 
     Instructions sit at the start and the end of a prompt; a long document
@@ -207,10 +197,17 @@ def feature_counts(text: str) -> dict[str, int]:
 
 
 def score_features(
-    messages: list[ChatMessage], prompt_tokens: int, max_tokens: int | None
+    messages: list[dict[str, Any]],
+    prompt_tokens: int,
+    max_tokens: int | None,
+    params: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
     """Return each feature's strength in [0, 1]."""
     hits = feature_counts(scanned_text(messages).lower())
+    params = params or {}
+    tools = params.get("tools") or []
+    fmt = params.get("response_format")
+    structured = isinstance(fmt, Mapping) and fmt.get("type") in ("json_object", "json_schema")
     user_turns = sum(1 for m in messages if m.get("role") == "user")
     return {
         # log scale: 20 tokens is nothing, 3000 tokens is a long document
@@ -221,7 +218,8 @@ def score_features(
         "math": min(1.0, hits["math"] / 3),
         "multi_step": min(1.0, hits["multi_step"] / 4),
         "reasoning": min(1.0, hits["reasoning"] / 3),
-        "structured_output": 1.0 if hits["structured_output"] else 0.0,
+        "structured_output": 1.0 if hits["structured_output"] or structured else 0.0,
+        "tools": min(1.0, len(tools) / 4) if tools else 0.0,
     }
 
 
@@ -239,25 +237,64 @@ def complexity_level(score: float) -> ComplexityLevel:
     return "low"
 
 
+def run_request_id(state: RouterState) -> str:
+    """Return this run's request id: the caller's, unless it is the previous run's.
+
+    On a LangGraph thread the last run's id stays in the state; a run that
+    passes none (or passes that same one again) gets a fresh id, so every run
+    is one request with one ledger row.
+    """
+    given = state.get("request_id")
+    if given and given != state.get("last_request_id"):
+        return given
+    return uuid.uuid4().hex
+
+
+async def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """Count the prompt's tokens, in a worker thread when the prompt is large."""
+    chars = sum(len(message_text(m.get("content"))) for m in messages)
+    if chars > THREAD_COUNT_CHARS:
+        return await asyncio.to_thread(count_message_tokens, messages)
+    return count_message_tokens(messages)
+
+
 async def analyze_complexity(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Validate the request, count its tokens and score its complexity."""
     services = await resolve_services(runtime.context)
     messages = validate_request(state)
-    prompt_tokens = count_message_tokens(messages)
+    prompt_tokens = await count_prompt_tokens(messages)
     max_tokens = state.get("max_tokens")
-    features = score_features(messages, prompt_tokens, max_tokens)
+    params = state.get("params") or {}
+    requires = required_capabilities(params, messages)
+    features = score_features(messages, prompt_tokens, max_tokens, params)
     score = complexity_score(features)
     complexity: Complexity = {
         "score": score,
         "level": complexity_level(score),
         "features": {k: round(v, 4) for k, v in features.items() if v},
     }
-    return {
-        "request_id": state.get("request_id") or uuid.uuid4().hex,
+    request_id = run_request_id(state)
+    update: dict[str, Any] = {
+        "request_id": request_id,
+        "last_request_id": request_id,
         "started_at": time.time(),
-        "messages": messages,
+        "prompt_messages": messages,
         "prompt_tokens_estimate": prompt_tokens,
         "output_tokens_cap": max_tokens or services.settings.default_max_tokens,
+        "requires": requires,
         "complexity": complexity,
-        "attempts": [],
+        "attempts": None,  # a new run's attempt list
+        "decisions": {
+            "analyze_complexity": {
+                "request_id": request_id,
+                "prompt_tokens": prompt_tokens,
+                "complexity": complexity,
+                "requires": sorted(requires),
+            }
+        },
     }
+    # what an earlier run on this thread left must not pass for this run's answer
+    for stale in ("response", "completion", "reservation"):
+        if state.get(stale) is not None:
+            update[stale] = None
+    return update

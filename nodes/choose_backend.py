@@ -1,4 +1,8 @@
-"""Choose serverless or gpu for the first attempt, and which backends may take a fallback."""
+"""Choose serverless or gpu for the first attempt, and which backends may take a fallback.
+
+The budget is checked after this step (``check_budget``), and only when
+serverless takes the attempt; over budget, that step moves it to the GPU pool.
+"""
 
 from __future__ import annotations
 
@@ -31,8 +35,6 @@ def allowed_backends(state: RouterState, services: Services) -> tuple[list[Backe
         why_not.append("serverless is disabled (DISABLE_LAMBDA_LABS)")
     elif settings.serverless_ratio <= 0:
         why_not.append("SERVERLESS_RATIO is 0")
-    elif not state["budget"]["serverless_allowed"]:
-        why_not.append(state["budget"]["reason"])
     else:
         allowed.append("serverless")
     if "gpu" not in candidates:
@@ -93,4 +95,9 @@ async def choose_backend(state: RouterState, runtime: Runtime[Context]) -> dict[
     services.gpu_pool.ensure_probing()
     allowed, why_not = allowed_backends(state, services)
     backend, reason = decide_backend(state, services, allowed, why_not)
-    return {"backend": backend, "backend_reason": reason, "allowed_backends": allowed}
+    return {
+        "backend": backend,
+        "backend_reason": reason,
+        "allowed_backends": allowed,
+        "decisions": {"choose_backend": {"backend": backend, "reason": reason, "allowed": allowed}},
+    }

@@ -15,9 +15,9 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from state.context import Context, Services, resolve_services
-from state.errors import AllBackendsFailedError
+from state.errors import AllBackendsFailedError, BackendRejectedError
 from state.ledger import UsageRecord
-from state.schemas import Attempt, RouterState, Routing, Usage
+from state.schemas import RUN_OPTIONS, Attempt, RouterState, Routing, Usage
 
 
 def routing_reason(state: RouterState) -> str:
@@ -50,10 +50,25 @@ def request_cost(
     return share / settings.gpu_concurrency_per_endpoint, gpu_seconds
 
 
+def rejected(attempts: list[Attempt]) -> BackendRejectedError | None:
+    """Return the caller's error when the last backend refused the request as a client error."""
+    last = attempts[-1] if attempts else None
+    if last is None or last["status"] != "failed" or not last.get("client_error"):
+        return None
+    body = last["client_error"] or {}
+    return BackendRejectedError(
+        int(last.get("status_code") or 400),
+        f"the {last['backend']} backend ({last['model']}) refused the request: "
+        f"{body.get('message') or last['error']}",
+        param=body.get("param"),
+        code=body.get("code"),
+    )
+
+
 async def track_usage(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Record the request in the ledger; raise the typed error if every backend failed."""
+    """Record the request in the ledger; raise the typed error if no backend answered."""
     services = await resolve_services(runtime.context)
-    attempts = state.get("attempts", [])
+    attempts = state.get("attempts") or []
     answered = next((a for a in reversed(attempts) if a["status"] == "ok"), None)
     usage = state.get("usage") if answered else None
     cost, gpu_seconds = request_cost(services, answered, usage)
@@ -79,15 +94,12 @@ async def track_usage(state: RouterState, runtime: Runtime[Context]) -> dict[str
         fallbacks=len(failures) if answered else max(len(failures) - 1, 0),
         error="; ".join(f"{a['backend']}: {a['error']}" for a in failures) or None,
     )
-    reservation = state.get("reservation")
-    if reservation is not None:
-        serverless_cost = cost if answered and answered["backend"] == "serverless" else 0.0
-        crossings = await services.budgets.settle(reservation["id"], serverless_cost, row)
-        services.alerts.notify(crossings)
-    else:
-        await services.ledger.record(row)
+    # only a serverless answer spends the serverless budget; anything else releases the hold
+    serverless_cost = cost if answered and answered["backend"] == "serverless" else 0.0
+    crossings = await services.reservations.settle(state.get("reservation"), serverless_cost, row)
+    services.alerts.notify(crossings)
     if answered is None:
-        raise AllBackendsFailedError([dict(a) for a in attempts])
+        raise rejected(attempts) or AllBackendsFailedError([dict(a) for a in attempts])
     routing: Routing = {
         "backend": answered["backend"],
         "model": answered["model"],
@@ -95,4 +107,12 @@ async def track_usage(state: RouterState, runtime: Runtime[Context]) -> dict[str
         "complexity": complexity,
         "attempts": attempts,
     }
-    return {"routing": routing, "cost_usd": cost}
+    update: dict[str, Any] = {
+        "routing": routing,
+        "cost_usd": cost,
+        "reservation": None,
+        "decisions": {"track_usage": {"cost_usd": cost, "status": "ok", "reason": reason}},
+    }
+    # a thread's next run starts from the defaults, not from this run's options
+    update.update({key: None for key in RUN_OPTIONS if state.get(key) is not None})
+    return update

@@ -29,6 +29,7 @@ from backends.tokens import warm_tokenizer
 from backends.webhook import AlertNotifier
 from state.budgets import BudgetBook
 from state.ledger import Ledger, build_engine
+from state.reservations import Reservations
 from state.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Services:
     gpu_pool: GpuPool
     ledger: Ledger
     budgets: BudgetBook
+    reservations: Reservations
     alerts: AlertNotifier
     clock: Callable[[], datetime] = utc_now
     emulated: bool = False
@@ -90,7 +92,7 @@ async def build_services(
     if emulated:
         # Imported here: the emulator pulls in the server stack, which only the
         # offline default needs.
-        from backends.emulator import EmulatorConfig, serve_emulator
+        from emulator import EmulatorConfig, serve_emulator
 
         stack = contextlib.AsyncExitStack()
         ttft, tpot = settings.emulator_ttft_ms, settings.emulator_tpot_ms
@@ -142,6 +144,7 @@ async def build_services(
     )
     if ledger is None:
         ledger = Ledger(await asyncio.to_thread(build_engine, settings), settings)
+    budgets = BudgetBook(ledger, settings, clock)
     return Services(
         settings=settings,
         catalog=catalog,
@@ -149,7 +152,8 @@ async def build_services(
         serverless=serverless,
         gpu_pool=pool,
         ledger=ledger,
-        budgets=BudgetBook(ledger, settings, clock),
+        budgets=budgets,
+        reservations=Reservations(budgets, ledger, settings.budget_estimate_margin),
         alerts=AlertNotifier(http, settings.alert_webhook_url, ledger),
         clock=clock,
         emulated=emulated,

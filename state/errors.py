@@ -8,6 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from backends.errors import BackendError
+
+__all__ = [
+    "AllBackendsFailedError",
+    "BackendError",
+    "BackendRejectedError",
+    "BadRequestError",
+    "BudgetExceededError",
+    "NoBackendAvailableError",
+    "PromptTooLargeError",
+    "RouterError",
+]
+
 
 class RouterError(RuntimeError):
     """Base class of the errors the router raises to its callers.
@@ -68,25 +81,23 @@ class NoBackendAvailableError(RouterError):
     code = "no_backend_available"
 
 
-class BackendError(Exception):
-    """One call to one backend failed (raised inside the generate nodes)."""
+class BackendRejectedError(RouterError, ValueError):
+    """The backend refused the request as malformed or unsupported (its 4xx, passed on).
+
+    Sent back with the backend's status and message; not retried elsewhere,
+    since another backend would refuse it too.
+    """
+
+    error_type = "invalid_request_error"
 
     def __init__(
-        self,
-        backend: str,
-        model: str,
-        message: str,
-        *,
-        status: int | None = None,
-        transient: bool = False,
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None
     ) -> None:
-        """Describe the failed call without any secret."""
-        super().__init__(f"{backend} ({model}): {message}")
-        self.backend = backend
-        self.model = model
-        self.status = status
-        self.transient = transient
-        self.detail = message
+        """Keep the backend's status, message, ``param`` and ``code``."""
+        super().__init__(message)
+        self.status_code = status
+        self.param = param
+        self.code = code or "backend_rejected_request"
 
 
 class AllBackendsFailedError(RouterError):

@@ -1,15 +1,24 @@
 """Schemas of the router graph's state: the caller's input, the internal state, the output.
 
-State holds plain types and TypedDicts only, so checkpoints (msgpack) and the
-LangGraph server's JSON round-trip them unchanged.
+State holds plain types, TypedDicts and LangChain messages only, so checkpoints
+(msgpack) and the LangGraph server's JSON round-trip them unchanged.
+
+On a LangGraph thread every key persists from run to run. ``messages`` is the
+conversation (LangGraph's message reducer appends each run's user message and
+the assistant's answer); the per-run keys are either rewritten by the first
+node (``request_id``, ``decisions``, ``attempts``) or cleared by the last
+(:data:`RUN_OPTIONS`), so one run's options never leak into the next.
 """
 
 from __future__ import annotations
 
-import operator
 from typing import Annotated, Any, Literal, Required
 
+from langchain_core.messages import AnyMessage
+from langgraph.graph.message import add_messages
 from typing_extensions import TypedDict
+
+from state.errors import BadRequestError
 
 Backend = Literal["serverless", "gpu"]
 CostPriority = Literal["low_cost", "balanced", "performance", "latency_critical"]
@@ -25,12 +34,51 @@ COST_PRIORITIES: tuple[CostPriority, ...] = (
 )
 
 
+def add_conversation(left: list[AnyMessage], right: Any) -> list[AnyMessage]:
+    """Append messages to the conversation (LangGraph's ``add_messages``).
+
+    A message that cannot be read as a chat message is the caller's mistake:
+    it becomes a :class:`BadRequestError` naming the problem, not a crash.
+    """
+    if isinstance(right, list):
+        # OpenAI lets an assistant message that calls tools leave out its content
+        right = [
+            {**m, "content": ""} if isinstance(m, dict) and m.get("content") is None else m
+            for m in right
+        ]
+    try:
+        return add_messages(left, right)  # type: ignore[arg-type, return-value]
+    except (ValueError, TypeError, NotImplementedError, KeyError) as exc:
+        raise BadRequestError(
+            f"'messages' holds a message that is not a chat message ({exc}); send objects "
+            'such as {"role": "user", "content": "Hello!"}'
+        ) from None
+
+
+def add_attempts(left: list[Attempt] | None, right: list[Attempt] | None) -> list[Attempt]:
+    """Append attempts; ``None`` starts a new run's list."""
+    if right is None:
+        return []
+    return [*(left or []), *right]
+
+
+def merge_decisions(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:
+    """Merge each step's decision; the first step's starts a new run's record."""
+    if not right:
+        return dict(left or {})
+    if "analyze_complexity" in right or not left:
+        return dict(right)
+    return {**left, **right}
+
+
 class ChatMessage(TypedDict, total=False):
     """One OpenAI-style chat message."""
 
     role: Required[str]
     content: Any
     name: str
+    tool_calls: list[dict[str, Any]]
+    tool_call_id: str
 
 
 class Complexity(TypedDict):
@@ -41,14 +89,17 @@ class Complexity(TypedDict):
     features: dict[str, float]
 
 
-class Attempt(TypedDict):
-    """One call to one backend."""
+class Attempt(TypedDict, total=False):
+    """One call to one backend (``status_code`` set when the backend answered an error)."""
 
-    backend: Backend
-    model: str
-    status: AttemptStatus
-    error: str | None
-    latency_ms: float
+    backend: Required[Backend]
+    model: Required[str]
+    status: Required[AttemptStatus]
+    error: Required[str | None]
+    latency_ms: Required[float]
+    status_code: int | None
+    endpoint: str | None
+    client_error: dict[str, Any] | None
 
 
 class Usage(TypedDict):
@@ -85,10 +136,43 @@ class ReservationHeld(TypedDict):
     model: str
 
 
-class RouterInput(TypedDict, total=False):
-    """What a caller sends: the conversation and optional routing hints."""
+class Completion(TypedDict, total=False):
+    """The parts of the backend's answer beside the message, passed back as they came."""
 
-    messages: Required[list[ChatMessage]]
+    finish_reason: str | None
+    logprobs: dict[str, Any] | None
+    system_fingerprint: str | None
+
+
+class ChatParams(TypedDict, total=False):
+    """OpenAI chat-completions fields passed to the backend unchanged.
+
+    Any other field given here is passed through as well (vLLM's ``top_k``,
+    ``min_p``, ``repetition_penalty``, ...). A field the chosen model cannot
+    honour (``tools``, ``response_format``, image parts, ``logprobs``) narrows
+    model selection, or is refused with a 400 that names it.
+    """
+
+    tools: list[dict[str, Any]]
+    tool_choice: str | dict[str, Any]
+    parallel_tool_calls: bool
+    response_format: dict[str, Any]
+    stop: str | list[str]
+    seed: int
+    top_p: float
+    presence_penalty: float
+    frequency_penalty: float
+    logit_bias: dict[str, float]
+    logprobs: bool
+    top_logprobs: int
+    metadata: dict[str, str]
+    reasoning_effort: str
+
+
+class RouterInput(TypedDict, total=False):
+    """What a caller sends: the conversation and optional routing hints for this run."""
+
+    messages: Required[Annotated[list[AnyMessage], add_conversation]]
     max_tokens: int | None
     temperature: float | None
     model: str | None
@@ -97,25 +181,48 @@ class RouterInput(TypedDict, total=False):
     user: str | None
     team: str | None
     request_id: str | None
-    stream: bool
+    stream: bool | None
+    params: ChatParams | None
+
+
+# The per-run options of RouterInput: ``track_usage`` clears them at the end of
+# a run, so on a thread the next run starts from the defaults, not from these.
+RUN_OPTIONS: tuple[str, ...] = (
+    "max_tokens",
+    "temperature",
+    "model",
+    "cost_priority",
+    "force_backend",
+    "user",
+    "team",
+    "stream",
+    "params",
+)
 
 
 class RouterOutput(TypedDict, total=False):
-    """What a caller gets back."""
+    """What a caller gets back (``decisions``: each routing step's decision)."""
 
+    messages: Annotated[list[AnyMessage], add_conversation]
     request_id: str
     response: dict[str, Any]
+    completion: Completion
     routing: Routing
     usage: Usage
     cost_usd: float
+    decisions: Annotated[dict[str, Any], merge_decisions]
 
 
 class RouterState(RouterInput, total=False):
     """The full state of one request as it moves through the graph."""
 
+    last_request_id: str
     started_at: float
+    prompt_messages: list[dict[str, Any]]
     prompt_tokens_estimate: int
+    trimmed_messages: int
     output_tokens_cap: int
+    requires: dict[str, str]
     complexity: Complexity
     candidates: dict[str, str]
     selection_reason: str
@@ -124,9 +231,10 @@ class RouterState(RouterInput, total=False):
     backend: Backend
     backend_reason: str
     allowed_backends: list[Backend]
-    attempts: Annotated[list[Attempt], operator.add]
+    attempts: Annotated[list[Attempt], add_attempts]
     response: dict[str, Any]
-    finish_reason: str | None
+    completion: Completion
     routing: Routing
     usage: Usage
     cost_usd: float
+    decisions: Annotated[dict[str, Any], merge_decisions]

@@ -313,6 +313,12 @@ class Settings(BaseSettings):
         description="API keys of the gateway and the graph API, comma-separated "
         "key:user[:team] entries; unset: no authentication.",
     )
+    max_request_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        gt=0,
+        description="Largest request body the gateway reads, in bytes; a larger one is "
+        "answered 413 before it is read.",
+    )
 
     @field_validator("gpu_endpoints", "router_admin_users", mode="before")
     @classmethod
@@ -342,6 +348,21 @@ class Settings(BaseSettings):
                 f"LAMBDA_API_BASE {value!r} is not an http(s) URL; e.g. https://api.lambda.ai/v1"
             )
         return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _absolute_sqlite_path(cls, value: str) -> str:
+        """Resolve a relative SQLite path once, when the settings are read.
+
+        SQLAlchemy resolves it with ``os.getcwd()`` each time it builds an
+        engine, which the LangGraph dev server refuses on the event loop.
+        """
+        for prefix in ("sqlite:///", "sqlite+aiosqlite:///"):
+            if value.startswith(prefix):
+                path = value[len(prefix) :]
+                if path and path != ":memory:" and not path.startswith(("/", "file:")):
+                    return prefix + str(Path(path).resolve())
+        return value
 
     @field_validator("budget_timezone")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -11,17 +12,23 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
+import uvicorn
+from langchain_openai import ChatOpenAI
 
 os.environ.setdefault("LANGSMITH_TRACING", "false")
 os.environ.setdefault("LANGSMITH_TEST_TRACKING", "false")
 
 from backends.catalog import get_catalog  # noqa: E402
 from emulator import EmulatorConfig, serve_emulator  # noqa: E402
+from emulator.server import _EmbeddedServer  # noqa: E402
+from gateway.app import create_app  # noqa: E402
 from state.context import Context, Services, build_services  # noqa: E402
 from state.settings import Settings  # noqa: E402
 
@@ -187,3 +194,83 @@ def langgraph_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = server_env(tmp / "ledger.db")
     with running_server(langgraph_dev_command(port), env, port, tmp / "server.log") as url:
         yield url
+
+
+# -- the gateway served in this event loop ----------------------------------------
+
+
+@dataclass
+class Gateway:
+    url: str  # base URL, .../v1
+    services: Services | None
+    client: openai.AsyncOpenAI
+
+    async def rows(self) -> list[Any]:
+        assert self.services is not None
+        return await self.services.ledger.rows()
+
+    async def only_row(self) -> Any:
+        (row,) = await self.rows()
+        return row
+
+    def chat(self, **kwargs: Any) -> ChatOpenAI:
+        return ChatOpenAI(
+            base_url=self.url,
+            api_key="x",
+            model="auto",
+            stream_usage=True,
+            max_retries=0,
+            use_responses_api=False,
+            **kwargs,
+        )
+
+
+StartGateway = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def start_gateway(harness: Harness) -> AsyncIterator[StartGateway]:
+    """Start gateways in this loop; ``start(services)`` or ``start(provider=...)``."""
+    servers: list[tuple[uvicorn.Server, asyncio.Task[None], socket.socket]] = []
+    clients: list[openai.AsyncOpenAI] = []
+
+    async def start(
+        services: Services | None = None,
+        provider: Callable[[], Awaitable[Services]] | None = None,
+    ) -> Gateway:
+        if provider is None:
+            assert services is not None
+
+            async def provider() -> Services:
+                return services
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        config = uvicorn.Config(
+            create_app(services=provider), log_level="warning", lifespan="off", log_config=None
+        )
+        server = _EmbeddedServer(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            assert not task.done(), task.result()
+            await asyncio.sleep(0.002)
+        servers.append((server, task, sock))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0)
+        clients.append(client)
+        return Gateway(url, services, client)
+
+    try:
+        yield start
+    finally:
+        for client in clients:
+            await client.close()
+        for server, task, sock in servers:
+            server.should_exit = True
+            await task
+            sock.close()
+
+
+@pytest.fixture
+async def gateway(both_up: Harness, start_gateway: StartGateway) -> Gateway:
+    return await start_gateway(await both_up.services())

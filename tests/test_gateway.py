@@ -8,11 +8,9 @@ the graph API with ``langgraph dev``.
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,95 +18,15 @@ import httpx
 import openai
 import orjson
 import pytest
-import uvicorn
-from langchain_openai import ChatOpenAI
 
 from backends.catalog import get_catalog
-from emulator.server import _EmbeddedServer
-from gateway.app import _draining, _events, _StreamRun, create_app
+from gateway.app import _draining, _events, _StreamRun
 from gateway.openai_format import ChunkWriter
 from state.context import Services
-from tests.conftest import TEST_KEY, Harness
+from tests.conftest import TEST_KEY, Gateway, Harness, StartGateway
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = [{"role": "user", "content": "Hello!"}]
-
-
-@dataclass
-class Gateway:
-    url: str  # base URL, .../v1
-    services: Services | None
-    client: openai.AsyncOpenAI
-
-    async def rows(self) -> list[Any]:
-        assert self.services is not None
-        return await self.services.ledger.rows()
-
-    async def only_row(self) -> Any:
-        (row,) = await self.rows()
-        return row
-
-    def chat(self, **kwargs: Any) -> ChatOpenAI:
-        return ChatOpenAI(
-            base_url=self.url,
-            api_key="x",
-            model="auto",
-            stream_usage=True,
-            max_retries=0,
-            use_responses_api=False,
-            **kwargs,
-        )
-
-
-StartGateway = Callable[..., Awaitable[Gateway]]
-
-
-@pytest.fixture
-async def start_gateway(harness: Harness) -> AsyncIterator[StartGateway]:
-    """Start gateways in this loop; ``start(services)`` or ``start(provider=...)``."""
-    servers: list[tuple[uvicorn.Server, asyncio.Task[None], socket.socket]] = []
-    clients: list[openai.AsyncOpenAI] = []
-
-    async def start(
-        services: Services | None = None,
-        provider: Callable[[], Awaitable[Services]] | None = None,
-    ) -> Gateway:
-        if provider is None:
-            assert services is not None
-
-            async def provider() -> Services:
-                return services
-
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        config = uvicorn.Config(
-            create_app(services=provider), log_level="warning", lifespan="off", log_config=None
-        )
-        server = _EmbeddedServer(config)
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            assert not task.done(), task.result()
-            await asyncio.sleep(0.002)
-        servers.append((server, task, sock))
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-        client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0)
-        clients.append(client)
-        return Gateway(url, services, client)
-
-    try:
-        yield start
-    finally:
-        for client in clients:
-            await client.close()
-        for server, task, sock in servers:
-            server.should_exit = True
-            await task
-            sock.close()
-
-
-@pytest.fixture
-async def gateway(both_up: Harness, start_gateway: StartGateway) -> Gateway:
-    return await start_gateway(await both_up.services())
 
 
 def assert_headers_match(headers: httpx.Headers, row: Any) -> None:
@@ -412,17 +330,16 @@ async def test_fallback_after_partial_output_ends_the_stream_and_lets_the_run_fi
     finished = asyncio.Event()
 
     async def run_events() -> AsyncIterator[tuple[str, Any]]:
-        yield "custom", {"event": "token", "backend": "gpu", "text": "Hel"}
-        yield "custom", {"event": "token", "backend": "gpu", "text": "lo"}
-        yield "custom", {"event": "token", "backend": "serverless", "text": "Hi"}
-        yield "custom", {"event": "token", "backend": "serverless", "text": " there"}
+        for backend, text in (("gpu", "Hel"), ("gpu", "lo"), ("serverless", "Hi")):
+            yield "custom", {"event": "delta", "backend": backend, "delta": {"content": text}}
         yield "values", {"routing": {"backend": "serverless"}, "cost_usd": 0.001}
         finished.set()
 
     run = _StreamRun(run_events())
-    assert await run.first_token() == ("gpu", "Hel")
+    first = await run.first_delta()
+    assert first is not None and first["delta"] == {"content": "Hel"}
     writer = ChunkWriter("r1", "llama3.1-8b-instruct")
-    body = b"".join([part async for part in _events(run, writer, "gpu", "Hel", True, "r1")])
+    body = b"".join([part async for part in _events(run, writer, "gpu", first, True, "r1")])
     events = body.decode().split("\n\n")
     contents = [orjson.loads(e[6:])["choices"][0]["delta"].get("content") for e in events[:3]]
     assert contents == ["", "Hel", "lo"]
@@ -435,7 +352,7 @@ async def test_fallback_after_partial_output_ends_the_stream_and_lets_the_run_fi
 
 def test_a_stream_without_tokens_still_has_role_finish_usage_and_done():
     result = {
-        "finish_reason": "length",
+        "completion": {"finish_reason": "length"},
         "usage": {"prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3},
         "routing": {"backend": "gpu", "model": "m", "reason": "r", "attempts": []},
         "cost_usd": 0.0,

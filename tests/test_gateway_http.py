@@ -1,7 +1,7 @@
 """The gateway's HTTP edges over real HTTP: the body limit, 404/405 and models.retrieve.
 
 The gateway runs in this event loop (uvicorn on a free port, ``start_gateway``
-of ``tests/test_gateway.py``) on services wired to the two emulators; the
+of ``tests/conftest.py``) on services wired to the two emulators; the
 clients are the ``openai`` SDK, ``httpx`` and, where a request must stop half
 way (headers without their body), a plain TCP connection speaking HTTP/1.1.
 """
@@ -19,12 +19,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-import tests.test_gateway as gateway_tests
-from tests.conftest import Harness, make_settings
-
-start_gateway = gateway_tests.start_gateway  # the fixture, shared
-Gateway = gateway_tests.Gateway
-StartGateway = gateway_tests.StartGateway
+from tests.conftest import Gateway, Harness, StartGateway, make_settings
 
 HELLO = [{"role": "user", "content": "Hello!"}]
 LIMIT = 2048

@@ -20,17 +20,37 @@ async def test_router_runs_through_the_graph_api(langgraph_dev: str):
     assert "candidates" not in result and "budget" not in result
 
 
-async def test_server_graph_shows_both_backends_and_fallback_edges(langgraph_dev: str):
+async def test_server_graph_shows_the_seven_steps_and_both_fallback_edges(langgraph_dev: str):
     client = get_client(url=langgraph_dev)
     assistants = await client.assistants.search(graph_id="router")
     drawn = await client.assistants.get_graph(assistants[0]["assistant_id"])
+    nodes = {n["id"] for n in drawn["nodes"]}
+    assert nodes == {
+        "__start__",
+        "analyze_complexity",
+        "select_model",
+        "choose_backend",
+        "check_budget",
+        "generate_serverless",
+        "generate_gpu",
+        "track_usage",
+        "__end__",
+    }
     edges = {(e["source"], e["target"], bool(e.get("conditional"))) for e in drawn["edges"]}
-    assert ("__start__", "plan_route", False) in edges
-    assert ("plan_route", "generate_serverless", True) in edges
-    assert ("plan_route", "generate_gpu", True) in edges
-    assert ("generate_serverless", "generate_gpu", True) in edges
-    assert ("generate_gpu", "generate_serverless", True) in edges
-    assert ("generate_gpu", "track_usage", False) in edges
+    assert edges == {
+        ("__start__", "analyze_complexity", False),
+        ("analyze_complexity", "select_model", False),
+        ("select_model", "choose_backend", False),
+        ("choose_backend", "check_budget", False),
+        ("check_budget", "generate_serverless", True),
+        ("check_budget", "generate_gpu", True),
+        # the fallback edges, both ways
+        ("generate_serverless", "generate_gpu", True),
+        ("generate_gpu", "generate_serverless", True),
+        ("generate_serverless", "track_usage", True),
+        ("generate_gpu", "track_usage", True),
+        ("track_usage", "__end__", False),
+    }
 
 
 async def test_bad_request_through_the_server_names_the_problem(langgraph_dev: str):

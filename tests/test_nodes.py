@@ -17,7 +17,7 @@ from nodes.analyze_complexity import (
     score_features,
 )
 from nodes.choose_backend import serverless_bucket
-from nodes.fallback import next_backend
+from nodes.generation import next_backend
 from nodes.select_model import pick_model, required_tier
 
 

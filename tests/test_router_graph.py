@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -309,7 +311,7 @@ async def test_streaming_writes_tokens_to_the_custom_stream(both_up: Harness):
         {**GREETING, "stream": True}, context=context, stream_mode=["custom", "values"]
     ):
         if mode == "custom":
-            tokens.append(chunk["text"])
+            tokens.append(chunk["delta"]["content"])
         else:
             final = chunk
     assert len(tokens) > 3
@@ -332,24 +334,34 @@ async def test_serverless_share_is_capped_by_the_ratio(both_up: Harness):
     assert 0.2 < share < 0.8
 
 
-async def test_four_decisions_run_as_one_plan_step(both_up: Harness):
+async def test_each_decision_is_a_step_with_its_decision_in_its_update(both_up: Harness):
     context = await both_up.context()
+    updates: dict[str, dict[str, Any]] = {}
     steps = []
     async for update in graph.astream(GREETING, context=context, stream_mode="updates"):
         steps.extend(update)
-        if "plan_route" in update:
-            plan = update["plan_route"]
-    # three graph steps on the hot path, not six
-    assert steps == ["plan_route", "generate_gpu", "track_usage"]
-    # each decision's outcome is in the one step's update, as Studio shows it
-    assert plan["complexity"]["level"] == "low"  # analyze_complexity
-    assert plan["candidates"]["gpu"] == "llama3.1-8b-instruct"  # select_model
-    assert plan["budget"]["reason"].startswith("GPU pool first")  # check_budget
-    assert plan["backend"] == "gpu" and "spare capacity" in plan["backend_reason"]
-    assert plan["attempts"] == []
+        updates.update(update)
+    assert steps == [
+        "analyze_complexity",
+        "select_model",
+        "choose_backend",
+        "check_budget",
+        "generate_gpu",
+        "track_usage",
+    ]
+    # each step's update carries its own decision, as Studio shows it
+    assert updates["analyze_complexity"]["complexity"]["level"] == "low"
+    assert updates["select_model"]["candidates"]["gpu"] == "llama3.1-8b-instruct"
+    assert updates["choose_backend"]["backend"] == "gpu"
+    assert "spare capacity" in updates["choose_backend"]["backend_reason"]
+    assert updates["check_budget"]["budget"]["reason"].startswith("GPU pool first")
+    assert updates["check_budget"]["reservation"] is None
+    decided = {name: update["decisions"] for name, update in updates.items() if name in steps[:4]}
+    assert decided["select_model"]["select_model"]["candidates"]["gpu"] == "llama3.1-8b-instruct"
+    assert decided["choose_backend"]["choose_backend"]["backend"] == "gpu"
 
 
-async def test_a_refusal_in_the_plan_step_ends_the_run_before_any_backend_step(both_up: Harness):
+async def test_a_budget_refusal_ends_the_run_before_any_backend_step(both_up: Harness):
     context = await both_up.context(over_budget_policy="reject", lambda_daily_budget=0.0)
     steps = []
     with pytest.raises(BudgetExceededError):
@@ -357,5 +369,5 @@ async def test_a_refusal_in_the_plan_step_ends_the_run_before_any_backend_step(b
             {**ANALYSIS, "force_backend": "serverless"}, context=context, stream_mode="updates"
         ):
             steps.extend(update)
-    assert steps == []
+    assert steps == ["analyze_complexity", "select_model", "choose_backend"]
     assert await ledger_rows(context) == []

@@ -67,7 +67,7 @@ async def test_graph_api_streams_and_reports_errors(served):
     ]
     kinds = [e.event for e in events]
     assert kinds[0] == "metadata" and "custom" in kinds and kinds[-1] == "end"
-    tokens = "".join(e.data["text"] for e in events if e.event == "custom")
+    tokens = "".join(e.data["delta"]["content"] for e in events if e.event == "custom")
     final = [e.data for e in events if e.event == "values"][-1]
     assert tokens == final["response"]["content"]
     with pytest.raises(Exception, match="non-empty list"):

@@ -110,7 +110,7 @@ async def test_tracing_sends_runs_without_keys(both_up: Harness, tmp_path: Path)
     assert "serverless" in output
     traced = b"\n".join(bodies)
     # tracing is on: the nodes' runs arrived
-    assert b"plan_route" in traced and b"track_usage" in traced
+    assert b"check_budget" in traced and b"track_usage" in traced
     # the plan step's traced output carries the four decisions
     assert b"selection_reason" in traced and b"backend_reason" in traced
     assert TEST_KEY.encode() not in traced

@@ -1,0 +1,113 @@
+"""The one owner of a serverless budget reservation, from hold to settlement.
+
+A request that sends an attempt to the serverless API first holds its
+worst-case cost against every budget that applies (:class:`BudgetBook` does
+the atomic, all-or-nothing update). The hold is then:
+
+- **moved** to a cheaper model when the over-budget policy downgrades;
+- **released** when the request ends without a serverless answer (the
+  serverless call failed, or the GPU pool answered): it is settled at $0;
+- **settled** with the real serverless cost in the same transaction that
+  writes the request's ledger row;
+- **expired** by the next reservation that would otherwise be refused, when a
+  crashed process left it behind (``RESERVATION_TTL_S``).
+
+Nodes ask this module for each of these; nothing else touches a reservation.
+A GPU answer is never charged to a serverless budget: only the cost of the
+serverless attempt that answered is settled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from backends.catalog import ModelSpec
+from state.budgets import BudgetBook, Crossing, Held, Refused
+from state.ledger import Ledger, UsageRecord
+from state.schemas import ReservationHeld
+
+
+@dataclass(frozen=True, slots=True)
+class SpendRequest:
+    """What a request may spend: its prompt estimate, output cap and who pays."""
+
+    prompt_tokens: int
+    output_tokens: int
+    user: str | None = None
+    team: str | None = None
+
+
+@dataclass(slots=True)
+class Reservations:
+    """Hold, move, release, settle and expire serverless budget reservations."""
+
+    budgets: BudgetBook
+    ledger: Ledger
+    margin: float
+
+    def worst_case_usd(self, model: ModelSpec, spend: SpendRequest) -> float:
+        """Return the most ``spend`` can cost on ``model``: an over-estimate, never under."""
+        prompt = math.ceil(spend.prompt_tokens * self.margin)
+        return model.cost_usd(prompt, spend.output_tokens)
+
+    async def hold(self, model: ModelSpec, spend: SpendRequest) -> ReservationHeld | Refused:
+        """Hold the worst-case cost of ``spend`` on ``model``, or say which budget refuses."""
+        outcome = await self.budgets.reserve(
+            uuid.uuid4().hex, self.worst_case_usd(model, spend), user=spend.user, team=spend.team
+        )
+        if isinstance(outcome, Held):
+            return {
+                "id": outcome.reservation_id,
+                "amount_usd": outcome.amount_usd,
+                "model": model.id,
+            }
+        return outcome
+
+    async def hold_first(
+        self, models: Iterable[ModelSpec], spend: SpendRequest
+    ) -> ReservationHeld | None:
+        """Hold the first of ``models`` the budgets allow (a downgrade), or None."""
+        for model in models:
+            held = await self.hold(model, spend)
+            if not isinstance(held, Refused):
+                return held
+        return None
+
+    async def move(
+        self, held: ReservationHeld, model: ModelSpec, spend: SpendRequest
+    ) -> ReservationHeld | Refused:
+        """Move a hold to another model: hold the new amount, then give the old one back."""
+        moved = await self.hold(model, spend)
+        if not isinstance(moved, Refused):
+            await self.release(held)
+        return moved
+
+    async def release(self, held: ReservationHeld) -> None:
+        """Give a hold back in full (the request will not spend it)."""
+        await self.budgets.settle(held["id"], 0.0)
+
+    async def release_shielded(self, held: ReservationHeld) -> None:
+        """Release a hold even while the calling task is being cancelled."""
+        await asyncio.shield(self.release(held))
+
+    async def settle(
+        self, held: ReservationHeld | None, serverless_cost_usd: float, row: UsageRecord
+    ) -> list[Crossing]:
+        """Write the request's ledger row and settle its hold with the serverless cost.
+
+        ``serverless_cost_usd`` is what the serverless answer cost, 0 when the
+        serverless API did not answer (the hold is then released). Returns the
+        alert thresholds the settlement crossed.
+        """
+        if held is None:
+            await self.ledger.record(row)
+            return []
+        return await self.budgets.settle(held["id"], serverless_cost_usd, row)
+
+    async def expire(self) -> int:
+        """Release every hold past its expiry; return how many."""
+        return await self.budgets.expire()
