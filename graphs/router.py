@@ -1,12 +1,17 @@
 """The ``router`` graph: one chat request from analysis to ledger row.
 
-START -> analyze_complexity -> select_model -> choose_backend -> check_budget
-      -> generate_serverless --(failed: fall back)--> generate_gpu
-      -> generate_gpu        --(failed: fall back)--> generate_serverless
+START -> analyze_complexity -> select_model -> choose_backend
+      -> (serverless) check_budget -> generate_serverless | (over budget) generate_gpu
+      -> (gpu) generate_gpu
+      generate_serverless --(failed: fall back)--> generate_gpu
+      generate_gpu        --(failed: fall back)--> generate_serverless
       -> track_usage -> END
 
 Each step is a node of its own, so LangGraph Studio draws it and shows its
-decision (the ``decisions`` key gathers them). The generate nodes retry a
+decision (the ``decisions`` key gathers them). The budget check runs when
+serverless takes the attempt, the only case where there is money to hold: a
+request the GPU pool takes first goes straight to ``generate_gpu`` (a later
+fallback to serverless holds its budget then). The generate nodes retry a
 transient failure once (their retry policy) and then return a ``Command`` that
 follows the fallback edge, or goes on to ``track_usage``.
 """
@@ -29,14 +34,24 @@ from state.context import Context
 from state.schemas import RouterInput, RouterOutput, RouterState
 
 
+def needs_budget_check(state: RouterState) -> Literal["check_budget", "generate_gpu"]:
+    """Does the first attempt spend serverless budget (check it) or go to the GPU pool?"""
+    backend = state.get("backend")
+    if backend == "serverless":
+        return "check_budget"
+    if backend == "gpu":
+        return "generate_gpu"
+    raise ValueError(f"choose_backend left no backend in the state (got {backend!r})")
+
+
 def route_to_backend(state: RouterState) -> Literal["generate_serverless", "generate_gpu"]:
-    """Which generate node takes the first attempt (after the budget check)?"""
+    """Which generate node takes the first attempt after the budget check?"""
     backend = state.get("backend")
     if backend == "serverless":
         return "generate_serverless"
     if backend == "gpu":
         return "generate_gpu"
-    raise ValueError(f"choose_backend left no backend in the state (got {backend!r})")
+    raise ValueError(f"check_budget left no backend in the state (got {backend!r})")
 
 
 builder = StateGraph(
@@ -53,7 +68,9 @@ builder.add_node(track_usage)
 builder.add_edge(START, "analyze_complexity")
 builder.add_edge("analyze_complexity", "select_model")
 builder.add_edge("select_model", "choose_backend")
-builder.add_edge("choose_backend", "check_budget")
+builder.add_conditional_edges(
+    "choose_backend", needs_budget_check, ["check_budget", "generate_gpu"]
+)
 builder.add_conditional_edges(
     "check_budget", route_to_backend, ["generate_serverless", "generate_gpu"]
 )

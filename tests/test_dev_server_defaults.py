@@ -19,7 +19,7 @@ from langgraph_sdk import get_client
 
 from tests.conftest import ROOT, free_port, langgraph_dev_command, running_server
 
-PLANNING = ("analyze_complexity", "select_model", "choose_backend", "check_budget")
+PLANNING = ("analyze_complexity", "select_model", "choose_backend")  # GPU first: no budget step
 
 
 @pytest.fixture(scope="module")

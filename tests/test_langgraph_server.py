@@ -41,7 +41,8 @@ async def test_server_graph_shows_the_seven_steps_and_both_fallback_edges(langgr
         ("__start__", "analyze_complexity", False),
         ("analyze_complexity", "select_model", False),
         ("select_model", "choose_backend", False),
-        ("choose_backend", "check_budget", False),
+        ("choose_backend", "check_budget", True),
+        ("choose_backend", "generate_gpu", True),
         ("check_budget", "generate_serverless", True),
         ("check_budget", "generate_gpu", True),
         # the fallback edges, both ways

@@ -341,11 +341,11 @@ async def test_each_decision_is_a_step_with_its_decision_in_its_update(both_up: 
     async for update in graph.astream(GREETING, context=context, stream_mode="updates"):
         steps.extend(update)
         updates.update(update)
+    # the GPU pool takes it first: no serverless money to hold, no budget step
     assert steps == [
         "analyze_complexity",
         "select_model",
         "choose_backend",
-        "check_budget",
         "generate_gpu",
         "track_usage",
     ]
@@ -354,11 +354,22 @@ async def test_each_decision_is_a_step_with_its_decision_in_its_update(both_up: 
     assert updates["select_model"]["candidates"]["gpu"] == "llama3.1-8b-instruct"
     assert updates["choose_backend"]["backend"] == "gpu"
     assert "spare capacity" in updates["choose_backend"]["backend_reason"]
-    assert updates["check_budget"]["budget"]["reason"].startswith("GPU pool first")
-    assert updates["check_budget"]["reservation"] is None
-    decided = {name: update["decisions"] for name, update in updates.items() if name in steps[:4]}
+    decided = {name: update["decisions"] for name, update in updates.items() if name in steps[:3]}
     assert decided["select_model"]["select_model"]["candidates"]["gpu"] == "llama3.1-8b-instruct"
     assert decided["choose_backend"]["choose_backend"]["backend"] == "gpu"
+
+    steps.clear()
+    async for update in graph.astream(
+        {**GREETING, "force_backend": "serverless"}, context=context, stream_mode="updates"
+    ):
+        steps.extend(update)
+        updates.update(update)
+    assert steps[2:] == ["choose_backend", "check_budget", "generate_serverless", "track_usage"]
+    held = updates["check_budget"]["reservation"]
+    assert held["amount_usd"] > 0 and updates["check_budget"]["budget"]["serverless_allowed"]
+    assert updates["check_budget"]["decisions"]["check_budget"]["budget"]["reason"].startswith(
+        "within budget"
+    )
 
 
 async def test_a_budget_refusal_ends_the_run_before_any_backend_step(both_up: Harness):
