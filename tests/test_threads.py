@@ -120,3 +120,14 @@ async def test_messages_stream_mode_yields_the_answer_as_it_arrives(both_up: Har
     state = (await graph.aget_state(thread("t4"))).values
     assert text == state["messages"][-1].content
     assert {c.id for c in chunks} == {state["messages"][-1].id}  # one message, no duplicate
+
+
+async def test_abatch_runs_each_request_as_its_own_row(both_up: Harness):
+    context = await both_up.context()
+    graph = builder.compile()
+    inputs = [ask(f"Question {i}") for i in range(4)]
+    results = await graph.abatch(inputs, context=context)
+    assert [r["messages"][0].content for r in results] == [f"Question {i}" for i in range(4)]
+    rows = await context.services.ledger.rows()  # type: ignore[union-attr]
+    assert sorted(r.request_id for r in rows) == sorted(r["request_id"] for r in results)
+    assert len({r["request_id"] for r in results}) == 4
