@@ -17,15 +17,17 @@ Four tables, all against an in-process loopback emulator answering at once:
    (how the ledger wrote before); and a PostgreSQL ledger row with and without
    the engine's ``pool_pre_ping`` (a round trip per transaction).
 3. LangGraph's own cost: a graph of the router's shape (same state schemas,
-   context, conditional edge, retry policy and error handlers) whose nodes do
-   nothing, and chains of 1, 2, 4 and 8 no-op nodes, fitted to a cost per invoke
-   plus a cost per node.
+   context, conditional edges, retry policies and fallback commands) whose
+   nodes do nothing, and chains of 1, 2, 4 and 8 no-op nodes, fitted to a cost
+   per invoke plus a cost per node.
 4. One whole request, interleaved: a direct httpx POST, our nodes called in
-   sequence without LangGraph, and ``graph.ainvoke`` (3 steps: plan_route,
-   generate, track); the differences split the routing overhead into our work
-   and LangGraph's. Two other wirings of the same nodes, built here, bracket
-   it: the four decisions as four steps (6 steps, the router before
-   ``plan_route``), and the whole route as one node (LangGraph's floor).
+   sequence without LangGraph, and ``graph.ainvoke`` (the GPU route: 5 steps,
+   analyze_complexity, select_model, choose_backend, generate_gpu,
+   track_usage); the differences split the routing overhead into our work and
+   LangGraph's. Two other wirings of the same nodes, built here, bracket it:
+   the decisions run as one plan step (3 steps, as the router was wired
+   before each decision became a node Studio draws), and the whole route as
+   one node (LangGraph's floor).
 
 Times are per call, p50 (and mean) over ``--calls`` calls after a warm-up.
 
@@ -68,7 +70,7 @@ from _common import (
 )
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from langgraph.types import RetryPolicy
+from langgraph.types import Command, RetryPolicy
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from backends.tokens import clear_token_cache, count_message_tokens
@@ -77,11 +79,9 @@ from graphs.router import graph, route_to_backend
 from nodes.analyze_complexity import analyze_complexity, score_features
 from nodes.check_budget import check_budget
 from nodes.choose_backend import choose_backend
-from nodes.fallback import fall_back_from_gpu, fall_back_from_serverless
 from nodes.generate_gpu import generate_gpu
 from nodes.generate_serverless import generate_serverless
 from nodes.generation import GENERATE_RETRY
-from nodes.plan_route import plan_route
 from nodes.select_model import select_model
 from nodes.track_usage import track_usage
 from state.budgets import Held
@@ -144,18 +144,21 @@ def stats(values: list[float]) -> dict[str, float]:
     return {"p50_us": percentile(values, 0.5), "mean_us": statistics.fmean(values)}
 
 
-def merge(state: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge(state: dict[str, Any], update: Any) -> dict[str, Any]:
     """Apply a node's update the way the graph does (``attempts`` appends)."""
+    if isinstance(update, Command):
+        update = dict(update.update or {})  # type: ignore[call-overload]
     merged = {**state, **update}
-    if "attempts" in update and "attempts" in state and update is not state:
-        merged["attempts"] = state["attempts"] + update["attempts"]
+    if update.get("attempts") and update is not state:
+        merged["attempts"] = (state.get("attempts") or []) + update["attempts"]
     return merged
 
 
 async def pipeline(request: dict[str, Any], runtime: Runtime[Context]) -> dict[str, Any]:
     """The router's GPU route without LangGraph: the same nodes, called in order."""
     state: dict[str, Any] = dict(request)
-    state = merge(state, await plan_route(state, runtime))  # type: ignore[arg-type]
+    for decide in (analyze_complexity, select_model, choose_backend):
+        state = merge(state, await decide(state, runtime))  # type: ignore[arg-type]
     assert state["backend"] == "gpu", state["backend"]
     state = merge(state, await generate_gpu(state, runtime))  # type: ignore[arg-type]
     return merge(state, await track_usage(state, runtime))  # type: ignore[arg-type]
@@ -254,14 +257,6 @@ async def our_steps(
 
     rows["select_model"] = stats(await timed(select, calls, warmup))
     state = merge(state, update)
-    update = await check_budget(state, runtime)  # type: ignore[arg-type]
-    assert update["reservation"] is None  # the GPU route holds no budget
-
-    async def budget(state: dict[str, Any] = state) -> None:
-        await check_budget(state, runtime)  # type: ignore[arg-type]
-
-    rows["check_budget (GPU route: no hold)"] = stats(await timed(budget, calls, warmup))
-    state = merge(state, update)
     update = await choose_backend(state, runtime)  # type: ignore[arg-type]
 
     async def choose(state: dict[str, Any] = state) -> None:
@@ -291,7 +286,7 @@ async def ledger_steps(
 ) -> dict[str, dict[str, float]]:
     runtime = Runtime(context=Context(services=services))
     state: dict[str, Any] = {"messages": HELLO}
-    for node in (analyze_complexity, select_model, check_budget, choose_backend, generate_gpu):
+    for node in (analyze_complexity, select_model, choose_backend, generate_gpu):
         state = merge(state, await node(state, runtime))  # type: ignore[arg-type]
     rows: dict[str, dict[str, float]] = {}
 
@@ -448,22 +443,23 @@ async def _noop(state: Any) -> dict[str, Any]:
     return {}
 
 
-def _noop_handler(state: Any, error: Any) -> Any:
-    raise error.error
+async def _noop_to_track(state: Any) -> Command[Literal["track_usage"]]:
+    return Command(goto="track_usage")
 
 
 class SmallState(TypedDict, total=False):
     messages: list[dict[str, Any]]
+    backend: str
     x: int
 
 
 def same_shape_graph(small_state: bool = False) -> Any:
-    """The router's wiring, schemas, retry policies and error handlers; nodes do nothing.
+    """The router's wiring, schemas and retry policies; nodes do nothing.
 
-    With ``small_state`` the state has 2 keys instead of the router's full state.
+    With ``small_state`` the state has 3 keys instead of the router's full state.
     """
 
-    def route(state: RouterState) -> Literal["generate_serverless", "generate_gpu"]:
+    def to_gpu(state: Any) -> Literal["check_budget", "generate_gpu"]:
         return "generate_gpu"
 
     retry = RetryPolicy(max_attempts=2, initial_interval=0.05, retry_on=lambda e: False)
@@ -476,40 +472,38 @@ def same_shape_graph(small_state: bool = False) -> Any:
             output_schema=RouterOutput,
             context_schema=Context,
         )
-    b.add_node("plan_route", _noop)
-    b.add_edge(START, "plan_route")
-    wire_generation(b, "plan_route", route, (_noop, _noop, _noop), retry, (_noop_handler,) * 2)
+    for name in ("analyze_complexity", "select_model", "choose_backend"):
+        b.add_node(name, _noop)
+    b.add_edge(START, "analyze_complexity")
+    b.add_edge("analyze_complexity", "select_model")
+    b.add_edge("select_model", "choose_backend")
+    b.add_conditional_edges("choose_backend", to_gpu, ["check_budget", "generate_gpu"])
+    wire_generation(
+        b, (_noop, _noop_to_track, _noop_to_track, _noop), retry, lambda s: "generate_gpu"
+    )
     return b.compile(name="router-shape")
 
 
 def wire_generation(
-    b: Any,
-    after: str,
-    route: Callable[..., Any],
-    nodes: tuple[Any, Any, Any],
-    retry: RetryPolicy,
-    handlers: tuple[Any, Any],
+    b: Any, nodes: tuple[Any, Any, Any, Any], retry: RetryPolicy, route: Callable[..., Any]
 ) -> None:
-    """Add the router's generate nodes (retry policy, fallback handlers) and track_usage."""
-    serverless, gpu, track = nodes
+    """Add the budget step, the generate nodes (retry policy, fallback commands), track_usage."""
+    budget, serverless, gpu, track = nodes
+    b.add_node("check_budget", budget)
+    b.add_conditional_edges("check_budget", route, ["generate_serverless", "generate_gpu"])
     b.add_node(
         "generate_serverless",
         serverless,
         retry_policy=retry,
-        error_handler=handlers[0],
         destinations=("generate_gpu", "track_usage"),
     )
     b.add_node(
         "generate_gpu",
         gpu,
         retry_policy=retry,
-        error_handler=handlers[1],
         destinations=("generate_serverless", "track_usage"),
     )
     b.add_node("track_usage", track)
-    b.add_conditional_edges(after, route, ["generate_serverless", "generate_gpu"])
-    b.add_edge("generate_serverless", "track_usage")
-    b.add_edge("generate_gpu", "track_usage")
     b.add_edge("track_usage", END)
 
 
@@ -536,10 +530,10 @@ async def langgraph_alone(calls: int, warmup: int) -> dict[str, Any]:
     context = Context(services=None)
     chains = {n: chain_graph(n) for n in (1, 2, 4, 8)}
     paths: dict[str, Calls] = {
-        "router shape, no-op nodes (3 steps)": lambda: shape.ainvoke(
+        "router shape, no-op nodes (5 steps)": lambda: shape.ainvoke(
             {"messages": HELLO}, context=context
         ),
-        "router shape, no-op nodes, 2-key state": lambda: small.ainvoke(
+        "router shape, no-op nodes, 3-key state": lambda: small.ainvoke(
             {"messages": HELLO}, context=context
         ),
     }
@@ -553,30 +547,37 @@ async def langgraph_alone(calls: int, warmup: int) -> dict[str, Any]:
     return {"rows": rows, "per_node_us": slope, "per_invoke_us": intercept}
 
 
-def six_step_graph() -> Any:
-    """The router as it was wired before ``plan_route``: each decision its own step.
+def plan_step_graph() -> Any:
+    """The decisions as one plan step, as the router was wired before each became a node.
 
-    Same nodes, retry policy and fallback handlers; 6 steps on the GPU route
-    instead of 3.
+    Same nodes, retry policies and fallback commands; 3 steps on the GPU route
+    instead of 5.
     """
+
+    async def plan_route(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any]:
+        current: dict[str, Any] = dict(state)
+        update: dict[str, Any] = {}
+        for decide in (analyze_complexity, select_model, choose_backend):
+            step = await decide(current, runtime)  # type: ignore[arg-type]
+            current = merge(current, step)
+            update.update(step)
+        if current["backend"] == "serverless":
+            update.update(await check_budget(current, runtime))  # type: ignore[arg-type]
+        return update
+
     b = StateGraph(
         RouterState, input_schema=RouterInput, output_schema=RouterOutput, context_schema=Context
     )
-    decisions = (analyze_complexity, select_model, check_budget, choose_backend)
-    for node in decisions:
-        b.add_node(node)
-    b.add_edge(START, "analyze_complexity")
-    for first, then in itertools.pairwise(decisions):
-        b.add_edge(first.__name__, then.__name__)
+    b.add_node(plan_route)
+    b.add_edge(START, "plan_route")
+    b.add_conditional_edges("plan_route", route_to_backend, ["generate_serverless", "generate_gpu"])
     wire_generation(
         b,
-        "choose_backend",
-        route_to_backend,
-        (generate_serverless, generate_gpu, track_usage),
+        (check_budget, generate_serverless, generate_gpu, track_usage),
         GENERATE_RETRY,
-        (fall_back_from_serverless, fall_back_from_gpu),
+        route_to_backend,
     )
-    return b.compile(name="router-six-steps")
+    return b.compile(name="router-plan-step")
 
 
 def one_node_graph() -> Any:
@@ -612,11 +613,11 @@ async def whole_request(
             result = await graph.ainvoke({"messages": HELLO}, context=context)
             assert result["routing"]["backend"] == "gpu", result["routing"]
 
-        six_steps = six_step_graph()
+        plan_step = plan_step_graph()
         single = one_node_graph()
 
-        async def with_six_steps() -> None:
-            result = await six_steps.ainvoke({"messages": HELLO}, context=context)
+        async def with_plan_step() -> None:
+            result = await plan_step.ainvoke({"messages": HELLO}, context=context)
             assert result["routing"]["backend"] == "gpu", result["routing"]
 
         async def with_single() -> None:
@@ -628,7 +629,7 @@ async def whole_request(
                 "direct": direct,
                 "pipeline": nodes_only,
                 "graph": with_graph,
-                "six_steps": with_six_steps,
+                "plan_step": with_plan_step,
                 "one_node": with_single,
             },
             calls,
@@ -713,8 +714,8 @@ def report(results: dict[str, Any]) -> None:
     labels = {
         "direct": "direct httpx POST",
         "pipeline": "our nodes in sequence, no LangGraph",
-        "graph": "graph.ainvoke (the router: 3 steps)",
-        "six_steps": "the same nodes, each decision a step (6 steps)",
+        "graph": "graph.ainvoke (the router: 5 steps)",
+        "plan_step": "the same nodes, the decisions as one step (3 steps)",
         "one_node": "the route as one node (1 step)",
     }
     whole = results["whole_request"]
@@ -730,7 +731,7 @@ def report(results: dict[str, Any]) -> None:
         print(
             f"  {db}: routing overhead {total:.0f} us = our nodes {ours:.0f} us + "
             f"LangGraph {framework:.0f} us ({100 * framework / total:.0f}% LangGraph); "
-            f"6 steps: {w['six_steps']['p50_us'] - w['direct']['p50_us']:.0f} us, "
+            f"3 steps: {w['plan_step']['p50_us'] - w['direct']['p50_us']:.0f} us, "
             f"1 step: {w['one_node']['p50_us'] - w['direct']['p50_us']:.0f} us"
         )
     results["overhead_split"] = split

@@ -136,7 +136,10 @@ class _Listeners:
     async def start(self, state: RouterState, model: str, payload: dict[str, Any]) -> None:
         if state.get("stream"):
             self.custom = get_stream_writer()
-        config = get_config()
+        try:
+            config = get_config()
+        except RuntimeError:
+            return  # called as a plain function, outside a graph: nobody listens
         handlers = _handlers(config)
         if not handlers:
             return
