@@ -94,7 +94,14 @@ async def choose_backend(state: RouterState, runtime: Runtime[Context]) -> dict[
     services = await resolve_services(runtime.context)
     services.gpu_pool.ensure_probing()
     allowed, why_not = allowed_backends(state, services)
-    backend, reason = decide_backend(state, services, allowed, why_not)
+    claim = None
+    if not state.get("force_backend"):
+        # a standing instruction ("route the next 10 queries to GPU") acts as a force
+        claim = await services.overrides.claim(state["complexity"]["level"], allowed)
+    if claim is not None:
+        backend, reason = claim.backend, claim.reason
+    else:
+        backend, reason = decide_backend(state, services, allowed, why_not)
     return {
         "backend": backend,
         "backend_reason": reason,

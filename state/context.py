@@ -29,6 +29,7 @@ from backends.tokens import warm_tokenizer
 from backends.webhook import AlertNotifier
 from state.budgets import BudgetBook
 from state.ledger import Ledger, build_engine
+from state.overrides import RoutingOverrides
 from state.reservations import Reservations
 from state.settings import Settings, get_settings
 
@@ -52,6 +53,7 @@ class Services:
     ledger: Ledger
     budgets: BudgetBook
     reservations: Reservations
+    overrides: RoutingOverrides
     alerts: AlertNotifier
     clock: Callable[[], datetime] = utc_now
     emulated: bool = False
@@ -154,6 +156,7 @@ async def build_services(
         ledger=ledger,
         budgets=budgets,
         reservations=Reservations(budgets, ledger, settings.budget_estimate_margin),
+        overrides=RoutingOverrides(ledger, clock),
         alerts=AlertNotifier(http, settings.alert_webhook_url, ledger),
         clock=clock,
         emulated=emulated,

@@ -142,7 +142,12 @@ class Alert(Base):
 
 
 class RoutingOverride(Base):
-    """A standing routing instruction, e.g. "the next 10 requests go to the GPU pool"."""
+    """A standing routing instruction, e.g. "the next 10 requests go to the GPU pool".
+
+    ``remaining`` counts down for a count-limited override (None: until
+    cleared); ``condition`` limits it to requests of one complexity level
+    (None: every request); ``cleared_at`` ends it.
+    """
 
     __tablename__ = "routing_overrides"
 
@@ -153,6 +158,8 @@ class RoutingOverride(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     user: Mapped[str | None] = mapped_column(String(128))
     note: Mapped[str] = mapped_column(Text, default="")
+    condition: Mapped[str | None] = mapped_column(String(8))
+    cleared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 _USAGE_COLUMNS = [c for c in UsageRecord.__table__.columns if c.key != "id"]

@@ -1,0 +1,115 @@
+"""Routing overrides: stored in the ledger, obeyed by every router process, exactly counted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from graphs.router import graph
+from tests.conftest import TEST_KEY, Harness
+from tests.test_budgets import HARD, ROUTER_PROCESS
+
+SIMPLE = [{"role": "user", "content": "Hello!"}]
+
+
+def hard(i: int, prefix: str = "h") -> dict[str, Any]:
+    return {"messages": HARD, "max_tokens": 8, "request_id": f"{prefix}-{i}"}
+
+
+async def test_the_next_three_go_to_gpu_then_routing_is_normal_again(both_up: Harness):
+    context = await both_up.context(serverless_ratio=1.0)
+    overrides = context.services.overrides  # type: ignore[union-attr]
+    before = await graph.ainvoke(hard(0), context=context)
+    assert before["routing"]["backend"] == "serverless"  # what normal routing does here
+    await overrides.set("gpu", count=3, user="admin", note="testing the pool")
+    backends = []
+    for i in range(1, 6):
+        result = await graph.ainvoke(hard(i), context=context)
+        backends.append(result["routing"]["backend"])
+    assert backends == ["gpu", "gpu", "gpu", "serverless", "serverless"]
+    assert await overrides.active(fresh=True) == []
+
+
+async def test_a_condition_sends_only_that_complexity_and_clear_ends_it(both_up: Harness):
+    context = await both_up.context(serverless_ratio=1.0)
+    overrides = context.services.overrides  # type: ignore[union-attr]
+    await overrides.set("gpu", condition="high")
+    complex_one = await graph.ainvoke(hard(0), context=context)
+    assert complex_one["routing"]["backend"] == "gpu"
+    assert "override" in complex_one["routing"]["reason"]
+    simple = await graph.ainvoke({"messages": SIMPLE, "force_backend": None}, context=context)
+    assert "override" not in simple["routing"]["reason"]
+    assert await overrides.clear() == 1
+    after = await graph.ainvoke(hard(1), context=context)
+    assert after["routing"]["backend"] == "serverless"
+
+
+async def test_an_override_to_a_backend_that_cannot_serve_is_passed_over(harness: Harness):
+    await harness.start("serverless", api_key=TEST_KEY)
+    context = await harness.context()  # no GPU endpoints
+    await context.services.overrides.set("gpu", count=2)  # type: ignore[union-attr]
+    result = await graph.ainvoke(hard(0), context=context)
+    assert result["routing"]["backend"] == "serverless"
+    (left,) = await context.services.overrides.active(fresh=True)  # type: ignore[union-attr]
+    assert left.remaining == 2  # not counted: it did not apply
+
+
+def test_bad_override_values_are_refused():
+    from state.overrides import RoutingOverrides
+
+    overrides = RoutingOverrides(None, lambda: None)  # type: ignore[arg-type]
+    for kwargs in ({"backend": "tpu"}, {"backend": "gpu", "count": 0}):
+        with pytest.raises(ValueError, match="must"):
+            asyncio.run(overrides.set(**kwargs))  # type: ignore[arg-type]
+
+
+async def test_two_processes_on_postgres_send_exactly_the_next_three_to_gpu(
+    harness: Harness, database: dict[str, Any]
+):
+    if "database_schema" not in database:
+        pytest.skip("sharing overrides between processes is the PostgreSQL deployment")
+    await harness.start("serverless", api_key=TEST_KEY)
+    await harness.start("gpu")
+    services = await harness.services(serverless_ratio=1.0, **database)
+    await services.overrides.set("gpu", count=3)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LANGSMITH")}
+    env.update(
+        LANGSMITH_TRACING="false",
+        LAMBDA_API_KEY=TEST_KEY,
+        LAMBDA_API_BASE=harness.serverless_url,
+        GPU_ENDPOINTS=harness.gpu_url,
+        DATABASE_URL=database["database_url"],
+        DATABASE_SCHEMA=database["database_schema"],
+        SERVERLESS_RATIO="1",
+        HARD=json.dumps(HARD),
+        CAP="8",
+        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+    )
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            ROUTER_PROCESS,
+            name,
+            "5",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for name in ("a", "b")
+    ]
+    outputs = await asyncio.wait_for(
+        asyncio.gather(*(p.communicate() for p in processes)), timeout=120
+    )
+    backends: list[str] = []
+    for process, (out, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err.decode()[-3000:]
+        backends += json.loads(out.decode().strip().splitlines()[-1])
+    assert sorted(backends) == ["gpu"] * 3 + ["serverless"] * 7
+    assert await services.overrides.active(fresh=True) == []
