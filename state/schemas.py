@@ -238,3 +238,24 @@ class RouterState(RouterInput, total=False):
     usage: Usage
     cost_usd: float
     decisions: Annotated[dict[str, Any], merge_decisions]
+
+
+class ChatInput(TypedDict, total=False):
+    """What a chat caller sends: the new message(s), and who asks."""
+
+    messages: Required[Annotated[list[AnyMessage], add_conversation]]
+    user: str | None
+    team: str | None
+
+
+class ChatState(ChatInput, total=False):
+    """The unified chat: the conversation, and what the last message asked for.
+
+    ``intent`` is one of ``nodes.detect_intent.INTENTS``; ``params`` holds what
+    the message said about it (a period, a backend and a count, a model...).
+    ``routing`` is the router's decision when the router answered.
+    """
+
+    intent: str
+    params: dict[str, Any]
+    routing: Routing | None

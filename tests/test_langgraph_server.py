@@ -65,3 +65,22 @@ async def test_bad_request_through_the_server_names_the_problem(langgraph_dev: s
     assert status["status"] == "error"
     state = await client.threads.get(thread["thread_id"])
     assert "non-empty list" in str(state.get("error") or state)
+
+
+async def test_the_chat_graph_keeps_a_thread_and_answers_usage_from_the_ledger(langgraph_dev: str):
+    client = get_client(url=langgraph_dev)
+    thread = await client.threads.create()
+    turns = ["Hello!", "Show Lambda Labs usage for this week", "Thanks, and one more question?"]
+    intents = []
+    for turn in turns:
+        result = await client.runs.wait(
+            thread["thread_id"], "chat", input={"messages": [{"role": "user", "content": turn}]}
+        )
+        assert isinstance(result, dict) and "__error__" not in result, result
+        intents.append(result["intent"])
+    assert intents == ["chat", "usage_report", "chat"]
+    state = await client.threads.get_state(thread["thread_id"])
+    messages = state["values"]["messages"]
+    assert [m["type"] for m in messages] == ["human", "ai"] * 3
+    report = messages[3]["content"]
+    assert "Usage for this week" in report and "requests" in report

@@ -1,0 +1,223 @@
+"""Answer a question about usage, budgets, costs or savings from the ledger, as Markdown.
+
+Every figure comes from the reporting functions beside the ledger, the same
+ones the dashboard, ``/usage``, ``/budget`` and the MCP tools show; this step
+only picks the period and the report, and writes the tables.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from langchain_core.messages import AIMessage
+from langgraph.runtime import Runtime
+
+from mcp_server.advice import advice_text, advise, estimate
+from state.analytics import usage_report
+from state.context import Context, Services, resolve_services
+from state.schemas import ChatState
+
+DEFAULT_DAYS = 7
+
+
+def usd(amount: float) -> str:
+    """Format dollars with enough digits for sub-cent figures."""
+    return f"${amount:,.2f}" if abs(amount) >= 1 else f"${amount:.6f}"
+
+
+def period_range(params: dict[str, Any], now: datetime) -> tuple[datetime, datetime, str]:
+    """Turn "last 7 days", "yesterday", "this month"... into ``[start, end)`` and a label."""
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    week = day - timedelta(days=day.weekday())
+    month = day.replace(day=1)
+    period = params.get("period")
+    if period == "today":
+        return day, now, "today"
+    if period == "yesterday":
+        return day - timedelta(days=1), day, "yesterday"
+    if period == "this week":
+        return week, now, "this week"
+    if period == "last week":
+        return week - timedelta(days=7), week, "last week"
+    if period == "this month":
+        return month, now, "this month"
+    if period == "last month":
+        return (month - timedelta(days=1)).replace(day=1), month, "last month"
+    days = int(params.get("days") or DEFAULT_DAYS)
+    return now - timedelta(days=days), now, f"the last {days} day{'s' if days != 1 else ''}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """Return a Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+async def _usage(services: Services, params: dict[str, Any], now: datetime) -> str:
+    start, end, label = period_range(params, now)
+    settings, catalog, ledger = services.settings, services.catalog, services.ledger
+    by_model = await usage_report(ledger, settings, catalog, start, end, "model")
+    by_backend = await usage_report(ledger, settings, catalog, start, end, "backend")
+    totals = by_model["totals"]
+    if not totals["requests"]:
+        return f"No requests in the ledger for {label}."
+    rows = []
+    for backend, b in by_backend["groups"].items():
+        rows.append(
+            [
+                backend,
+                str(b["requests"]),
+                f"{b['total_tokens']:,}",
+                usd(b["cost_usd"]),
+                f"{b['latency_ms_p50']:.0f}",
+                f"{b['latency_ms_p95']:.0f}",
+            ]
+        )
+    header = ["backend", "requests", "tokens", "cost", "p50 ms", "p95 ms"]
+    parts = [
+        f"**Usage for {label}** ({start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} "
+        f"{settings.budget_timezone}): {totals['requests']} requests, "
+        f"{totals['total_tokens']:,} tokens, {usd(totals['cost_usd'])}.",
+        "",
+        table(header, rows),
+        "",
+    ]
+    model_rows = [
+        [
+            model,
+            str(m["requests"]),
+            f"{m['total_tokens']:,}",
+            usd(m["cost_usd"]),
+            f"{m['latency_ms_p50']:.0f}",
+            f"{m['latency_ms_p95']:.0f}",
+        ]
+        for model, m in by_model["groups"].items()
+    ]
+    parts.append(table(["model", *header[1:]], model_rows))
+    failed = totals["failed"]
+    if failed:
+        parts.append(f"\n{failed} request(s) failed ({totals['error_rate']:.1%}).")
+    return "\n".join(parts)
+
+
+async def _budget(services: Services, user: str | None, team: str | None) -> str:
+    status = await services.budgets.status(user, team)
+    rows = [
+        [
+            f"{b['scope']} {b['key']}".strip()
+            + f" ({'daily' if b['period'] == 'day' else 'monthly'})",
+            usd(b["limit_usd"]),
+            usd(b["spent_usd"]),
+            usd(b["reserved_usd"]),
+            usd(b["remaining_usd"]),
+            f"{b['used_fraction']:.1%}",
+            b["resets_at"],
+        ]
+        for b in status
+    ]
+    header = ["budget", "limit", "spent", "held now", "left", "used", "resets at"]
+    return "**Serverless budgets**\n\n" + table(header, rows)
+
+
+async def _comparison(services: Services, params: dict[str, Any], now: datetime) -> str:
+    start, end, label = period_range(params, now)
+    report = await usage_report(
+        services.ledger, services.settings, services.catalog, start, end, "backend"
+    )
+    s = report["savings"]
+    if not report["totals"]["requests"]:
+        return f"No requests in the ledger for {label}: nothing to compare yet."
+    rows = [
+        ["what the router did", usd(s["actual_usd"]), "-"],
+        [
+            f"everything on dedicated GPUs ({s['all_gpu']['instances']} instance(s))",
+            usd(s["all_gpu"]["usd"]),
+            usd(s["all_gpu"]["saved_usd"]),
+        ],
+        [
+            f"everything serverless ({s['all_serverless']['model']})",
+            usd(s["all_serverless"]["usd"]),
+            usd(s["all_serverless"]["saved_usd"]),
+        ],
+    ]
+    how = (
+        f"How it was computed: the router's cost is its serverless spend "
+        f"({usd(s['serverless_usd'])}) plus the GPU pool's bill for the period "
+        f"({usd(s['gpu_bill_usd'])}: endpoints x GPU_HOURLY_COST_USD x {s['hours']:.1f} h). "
+        "All-GPU: enough instances for the busiest hour, for every hour. All-serverless: "
+        "every answered request's tokens at the default serverless model's prices."
+    )
+    return (
+        f"**Cost comparison for {label}**\n\n"
+        + table(["setup", "cost", "the router saved"], rows)
+        + "\n\n"
+        + how
+    )
+
+
+async def _optimize(services: Services, params: dict[str, Any], now: datetime) -> str:
+    start, end, label = period_range(params, now)
+    settings, catalog, ledger = services.settings, services.catalog, services.ledger
+    by_backend = await usage_report(ledger, settings, catalog, start, end, "backend")
+    by_model = await usage_report(ledger, settings, catalog, start, end, "model")
+    budgets = await services.budgets.status()
+    days = max(1, round((end - start).total_seconds() / 86400))
+    advice = advise(by_backend, by_model, budgets, settings, catalog, now, days)
+    workload = params.get("workload")
+    head = f"**Cost advice from the ledger for {label}**"
+    if workload:
+        head += f" (asked about: {workload})"
+    return head + "\n\n" + advice_text(advice)
+
+
+def _estimate(services: Services, params: dict[str, Any]) -> str:
+    text = str(params.get("text") or "")
+    result = estimate(
+        services.catalog,
+        services.settings,
+        [{"role": "user", "content": text}],
+        services.settings.default_max_tokens,
+    )
+    wanted = params.get("model")
+    models = [m for m in result["models"] if wanted in (None, m["model"])]
+    rows = [
+        [
+            m["model"],
+            "yes" if m["fits"] else "no",
+            usd(m["input_usd_per_mtok"] * result["prompt_tokens"] / 1e6),
+            "not on serverless" if m["worst_case_usd"] is None else usd(m["worst_case_usd"]),
+        ]
+        for m in models
+    ]
+    header = ["model", "fits", "prompt only", f"worst case (+{result['max_tokens']} output)"]
+    return (
+        f"**Cost estimate** for a {result['prompt_tokens']}-token prompt "
+        f"({result['complexity']['level']} complexity; the router would pick "
+        f"{result['router_pick']['serverless'] or result['router_pick']['gpu']}):\n\n"
+        + table(header, rows)
+        + f"\n\nPrices per million tokens, read on {result['prices_read_on']}. "
+        + result["gpu_pool"]["note"]
+    )
+
+
+async def answer_from_ledger(state: ChatState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Answer the detected question with the ledger's figures."""
+    services = await resolve_services(runtime.context)
+    intent = state["intent"]
+    params = state.get("params") or {}
+    now = services.clock().astimezone(services.settings.zone)
+    if intent == "usage_report":
+        text = await _usage(services, params, now)
+    elif intent == "budget_status":
+        text = await _budget(services, state.get("user"), state.get("team"))
+    elif intent == "cost_comparison":
+        text = await _comparison(services, params, now)
+    elif intent == "optimize":
+        text = await _optimize(services, params, now)
+    elif intent == "cost_estimate":
+        text = _estimate(services, params)
+    else:
+        raise ValueError(f"answer_from_ledger cannot answer intent {intent!r}")
+    return {"messages": [AIMessage(text)]}

@@ -1,0 +1,55 @@
+"""Set or clear a routing override from the chat ("route the next 10 queries to GPU")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import AIMessage
+from langgraph.runtime import Runtime
+
+from state.context import Context, Services, resolve_services
+from state.schemas import ChatState
+
+
+def may_change_routing(services: Services, user: str | None) -> bool:
+    """With API keys on, only the admin users may change routing; without, anyone local may."""
+    settings = services.settings
+    if not settings.router_api_keys:
+        return True
+    return user is not None and user in settings.router_admin_users
+
+
+async def change_routing(state: ChatState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Store the override in the ledger (every router process obeys it) and confirm it."""
+    services = await resolve_services(runtime.context)
+    params = state.get("params") or {}
+    user = state.get("user")
+    if not may_change_routing(services, user):
+        text = (
+            "Only an admin may change routing (ROUTER_ADMIN_USERS); "
+            f"{user or 'this caller'} may read usage and budgets but not route traffic."
+        )
+        return {"messages": [AIMessage(text)]}
+    overrides = services.overrides
+    if params.get("action") == "clear":
+        ended = await overrides.clear()
+        text = (
+            f"Back to normal routing: ended {ended} override(s)."
+            if ended
+            else "Routing was already normal: no override was active."
+        )
+        return {"messages": [AIMessage(text)]}
+    override = await overrides.set(
+        params["backend"],
+        count=params.get("count"),
+        condition=params.get("condition"),
+        user=user,
+        note=str((state["messages"][-1]).content)[:500],
+    )
+    others = len(await overrides.active()) - 1
+    text = f"Done: {override.describe()}."
+    if override.remaining is None:
+        text += ' It stays until you say "back to normal routing".'
+    if others > 0:
+        text += f" {others} older override(s) are still active; the newest matching one wins."
+    return {"messages": [AIMessage(text)]}
