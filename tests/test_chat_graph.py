@@ -133,3 +133,18 @@ async def test_optimize_answers_with_advice_from_the_ledger(both_up: Harness, te
     answer = await chat.ainvoke(say(text), context=context)
     assert answer["intent"] == "optimize" and answer["params"]["workload"] == "daily reporting"
     assert "Cost advice from the ledger" in str(answer["messages"][-1].content)
+
+
+async def test_threads_survive_a_restart_on_sqlite_and_postgres(
+    both_up: Harness, database: dict[str, Any]
+):
+    context = await both_up.context(**database)
+    settings = context.services.settings  # type: ignore[union-attr]
+    thread = {"configurable": {"thread_id": "restart"}}
+    async with open_checkpointer(settings) as saver:
+        await builder.compile(checkpointer=saver).ainvoke(say("Hello!"), thread, context=context)
+    async with open_checkpointer(settings) as saver:  # a new process would open it anew
+        again = await builder.compile(checkpointer=saver).ainvoke(
+            say("budget status"), thread, context=context
+        )
+    assert [m.content for m in again["messages"][::2]] == ["Hello!", "budget status"]
