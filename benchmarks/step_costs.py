@@ -75,9 +75,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from backends.tokens import clear_token_cache, count_message_tokens
 from emulator import EmulatorConfig, serve_emulator
-from graphs.router import graph, route_to_backend
+from graphs.router import graph
 from nodes.analyze_complexity import analyze_complexity, score_features
-from nodes.check_budget import check_budget
+from nodes.check_budget import check_budget, route_to_backend
 from nodes.choose_backend import choose_backend
 from nodes.generate_gpu import generate_gpu
 from nodes.generate_serverless import generate_serverless
@@ -447,6 +447,14 @@ async def _noop_to_track(state: Any) -> Command[Literal["track_usage"]]:
     return Command(goto="track_usage")
 
 
+async def _noop_to_gpu(state: Any) -> Command[Literal["check_budget", "generate_gpu"]]:
+    return Command(goto="generate_gpu")
+
+
+async def _noop_budget(state: Any) -> Command[Literal["generate_serverless", "generate_gpu"]]:
+    return Command(goto="generate_gpu")
+
+
 class SmallState(TypedDict, total=False):
     messages: list[dict[str, Any]]
     backend: str
@@ -459,9 +467,6 @@ def same_shape_graph(small_state: bool = False) -> Any:
     With ``small_state`` the state has 3 keys instead of the router's full state.
     """
 
-    def to_gpu(state: Any) -> Literal["check_budget", "generate_gpu"]:
-        return "generate_gpu"
-
     retry = RetryPolicy(max_attempts=2, initial_interval=0.05, retry_on=lambda e: False)
     if small_state:
         b = StateGraph(SmallState, context_schema=Context)
@@ -472,25 +477,23 @@ def same_shape_graph(small_state: bool = False) -> Any:
             output_schema=RouterOutput,
             context_schema=Context,
         )
-    for name in ("analyze_complexity", "select_model", "choose_backend"):
+    for name in ("analyze_complexity", "select_model"):
         b.add_node(name, _noop)
+    b.add_node("choose_backend", _noop_to_gpu)
     b.add_edge(START, "analyze_complexity")
     b.add_edge("analyze_complexity", "select_model")
     b.add_edge("select_model", "choose_backend")
-    b.add_conditional_edges("choose_backend", to_gpu, ["check_budget", "generate_gpu"])
-    wire_generation(
-        b, (_noop, _noop_to_track, _noop_to_track, _noop), retry, lambda s: "generate_gpu"
-    )
+    wire_generation(b, (_noop_budget, _noop_to_track, _noop_to_track, _noop), retry)
     return b.compile(name="router-shape")
 
 
-def wire_generation(
-    b: Any, nodes: tuple[Any, Any, Any, Any], retry: RetryPolicy, route: Callable[..., Any]
-) -> None:
-    """Add the budget step, the generate nodes (retry policy, fallback commands), track_usage."""
+def wire_generation(b: Any, nodes: tuple[Any, Any, Any, Any], retry: RetryPolicy) -> None:
+    """Add the budget step, the generate nodes (retry policy, fallback commands), track_usage.
+
+    Each of these nodes returns a Command to its next step, as the router's do.
+    """
     budget, serverless, gpu, track = nodes
     b.add_node("check_budget", budget)
-    b.add_conditional_edges("check_budget", route, ["generate_serverless", "generate_gpu"])
     b.add_node(
         "generate_serverless",
         serverless,
@@ -570,12 +573,13 @@ def plan_step_graph() -> Any:
     )
     b.add_node(plan_route)
     b.add_edge(START, "plan_route")
-    b.add_conditional_edges("plan_route", route_to_backend, ["generate_serverless", "generate_gpu"])
+    b.add_conditional_edges(
+        "plan_route",
+        lambda state: route_to_backend(state["backend"]),
+        ["generate_serverless", "generate_gpu"],
+    )
     wire_generation(
-        b,
-        (check_budget, generate_serverless, generate_gpu, track_usage),
-        GENERATE_RETRY,
-        route_to_backend,
+        b, (check_budget, generate_serverless, generate_gpu, track_usage), GENERATE_RETRY
     )
     return b.compile(name="router-plan-step")
 

@@ -11,9 +11,10 @@ decides: ``gpu`` (default: the GPU pool costs nothing more per request),
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from langgraph.runtime import Runtime
+from langgraph.types import Command
 
 from backends.catalog import ModelSpec
 from nodes.select_model import fits
@@ -21,7 +22,7 @@ from state.budgets import Refused
 from state.context import Context, Services, resolve_services
 from state.errors import BudgetExceededError
 from state.reservations import SpendRequest
-from state.schemas import BudgetCheck, RouterState
+from state.schemas import Backend, BudgetCheck, RouterState
 
 
 def spend_request(state: RouterState) -> SpendRequest:
@@ -61,12 +62,25 @@ def budget_error(refused: Refused) -> BudgetExceededError:
     )
 
 
-def _update(budget: BudgetCheck, **changes: Any) -> dict[str, Any]:
+def route_to_backend(backend: Backend) -> Literal["generate_serverless", "generate_gpu"]:
+    """Which generate node takes the first attempt after the budget check?"""
+    if backend == "serverless":
+        return "generate_serverless"
+    if backend == "gpu":
+        return "generate_gpu"
+    raise ValueError(f"no backend was chosen (got {backend!r})")
+
+
+NextStep = Command[Literal["generate_serverless", "generate_gpu"]]
+
+
+def _update(state: RouterState, budget: BudgetCheck, **changes: Any) -> NextStep:
     decision = {"budget": budget, **{k: v for k, v in changes.items() if k != "reservation"}}
-    return {"budget": budget, **changes, "decisions": {"check_budget": decision}}
+    update = {"budget": budget, **changes, "decisions": {"check_budget": decision}}
+    return Command(goto=route_to_backend(changes.get("backend", state["backend"])), update=update)
 
 
-async def check_budget(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any]:
+async def check_budget(state: RouterState, runtime: Runtime[Context]) -> NextStep:
     """Hold the worst-case serverless cost, or move the request as the policy says."""
     services = await resolve_services(runtime.context)
     catalog = services.catalog
@@ -81,7 +95,7 @@ async def check_budget(state: RouterState, runtime: Runtime[Context]) -> dict[st
             "serverless_allowed": "serverless" in state.get("allowed_backends", []),
             "reason": "GPU pool first; serverless holds budget only on a fallback",
         }
-        return _update(deferred, reservation=None)
+        return _update(state, deferred, reservation=None)
 
     spend = spend_request(state)
     held = await services.reservations.hold(model, spend)
@@ -91,7 +105,7 @@ async def check_budget(state: RouterState, runtime: Runtime[Context]) -> dict[st
             "serverless_allowed": True,
             "reason": "within budget (held)",
         }
-        return _update(ok, reservation=held)
+        return _update(state, ok, reservation=held)
     refused = held
 
     policy = services.settings.over_budget_policy
@@ -106,7 +120,7 @@ async def check_budget(state: RouterState, runtime: Runtime[Context]) -> dict[st
                 "reason": f"{refused.reason()}; downgraded to {cheaper['model']}",
             }
             candidates = {**state["candidates"], "serverless": cheaper["model"]}
-            return _update(downgraded, reservation=cheaper, candidates=candidates)
+            return _update(state, downgraded, reservation=cheaper, candidates=candidates)
     allowed = [b for b in state.get("allowed_backends", []) if b != "serverless"]
     forced = state.get("force_backend") == "serverless"
     if policy == "reject" or "gpu" not in allowed or forced:
@@ -117,6 +131,7 @@ async def check_budget(state: RouterState, runtime: Runtime[Context]) -> dict[st
         "reason": f"{refused.reason()}; sending to the GPU pool",
     }
     return _update(
+        state,
         over,
         reservation=None,
         backend="gpu",

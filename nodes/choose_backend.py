@@ -7,9 +7,10 @@ serverless takes the attempt; over budget, that step moves it to the GPU pool.
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from typing import Literal
 
 from langgraph.runtime import Runtime
+from langgraph.types import Command
 
 from state.context import Context, Services, resolve_services
 from state.errors import NoBackendAvailableError
@@ -89,8 +90,19 @@ def decide_backend(
     return "gpu", f"the GPU pool is busy but serverless is capped at {ratio:.0%} of traffic"
 
 
-async def choose_backend(state: RouterState, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Choose the first backend to try."""
+def needs_budget_check(backend: Backend) -> Literal["check_budget", "generate_gpu"]:
+    """Does the first attempt spend serverless budget (check it) or go to the GPU pool?"""
+    if backend == "serverless":
+        return "check_budget"
+    if backend == "gpu":
+        return "generate_gpu"
+    raise ValueError(f"no backend was chosen (got {backend!r})")
+
+
+async def choose_backend(
+    state: RouterState, runtime: Runtime[Context]
+) -> Command[Literal["check_budget", "generate_gpu"]]:
+    """Choose the first backend to try, and go to the budget check or straight to the GPU."""
     services = await resolve_services(runtime.context)
     services.gpu_pool.ensure_probing()
     allowed, why_not = allowed_backends(state, services)
@@ -98,13 +110,15 @@ async def choose_backend(state: RouterState, runtime: Runtime[Context]) -> dict[
     if not state.get("force_backend"):
         # a standing instruction ("route the next 10 queries to GPU") acts as a force
         claim = await services.overrides.claim(state["complexity"]["level"], allowed)
+    backend: Backend
     if claim is not None:
-        backend, reason = claim.backend, claim.reason
+        backend, reason = ("gpu" if claim.backend == "gpu" else "serverless"), claim.reason
     else:
         backend, reason = decide_backend(state, services, allowed, why_not)
-    return {
+    update = {
         "backend": backend,
         "backend_reason": reason,
         "allowed_backends": allowed,
         "decisions": {"choose_backend": {"backend": backend, "reason": reason, "allowed": allowed}},
     }
+    return Command(goto=needs_budget_check(backend), update=update)
