@@ -27,6 +27,7 @@ class BackendError(Exception):
         status: int | None = None,
         transient: bool = False,
         body: dict[str, Any] | None = None,
+        retry_after_s: float | None = None,
     ) -> None:
         """Describe the failed call without any secret."""
         super().__init__(f"{backend} ({model}): {message}")
@@ -36,6 +37,7 @@ class BackendError(Exception):
         self.transient = transient
         self.detail = message
         self.body = body
+        self.retry_after_s = retry_after_s  # the backend's Retry-After, when it sent one
         self.latency_ms = 0.0
 
     @property

@@ -78,6 +78,15 @@ def _error_object(response: httpx.Response) -> dict[str, Any]:
     return result
 
 
+def retry_after(response: httpx.Response) -> float | None:
+    """Return the ``Retry-After`` header in seconds (a number of seconds only), or None."""
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: treated as "not soon"
+
+
 def status_error(backend: str, model: str, response: httpx.Response) -> BackendError:
     """Describe a non-200 answer of the backend."""
     body = _error_object(response)
@@ -88,6 +97,7 @@ def status_error(backend: str, model: str, response: httpx.Response) -> BackendE
         status=response.status_code,
         transient=response.status_code in TRANSIENT_STATUSES,
         body=body,
+        retry_after_s=retry_after(response),
     )
 
 

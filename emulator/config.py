@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, field_validator
+
+Fault = Literal["none", "hang", "cut_stream", "bad_json", "no_usage"]
 
 DEFAULT_MODELS = [
     "llama3.1-8b-instruct",
@@ -37,6 +41,17 @@ class EmulatorConfig(BaseModel):
         default=0.0, ge=0.0, le=1.0, description="Share of chat requests answered fail_status."
     )
     fail_status: int = Field(default=500, ge=400, le=599, description="Status of failures.")
+    retry_after_s: float | None = Field(
+        default=None, ge=0.0, description="Retry-After header (seconds) sent with failures."
+    )
+    fault: Fault = Field(
+        default="none",
+        description=(
+            "Misbehave on every chat request: hang (never answer), cut_stream (close the "
+            "connection after a few streamed chunks; a whole answer is cut half way), "
+            "bad_json (200 with a body that is not JSON), no_usage (a 200 answer without usage)."
+        ),
+    )
     max_concurrency: int = Field(
         default=0, ge=0, description="Requests run at once (0 = unlimited); the rest queue."
     )

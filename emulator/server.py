@@ -109,7 +109,12 @@ class _Emulator:
         else:
             self._received.append(body)
         if self._fail_rate and self._rng.random() < self._fail_rate:
-            return self._error(self.config.fail_status, self._fail_body)
+            failed = self._error(self.config.fail_status, self._fail_body)
+            if self.config.retry_after_s is not None:
+                failed.headers["retry-after"] = f"{self.config.retry_after_s:g}"
+            return failed
+        if self.config.fault != "none" and problem is None:
+            return await self._misbehave(body)
         if problem is not None:
             return self._error(
                 400,
@@ -127,6 +132,25 @@ class _Emulator:
             return self._error(
                 bad.status, error_body(bad.message, error_type(bad.status), bad.param, bad.code)
             )
+
+    async def _misbehave(self, body: Any) -> Response:
+        """Answer the way ``fault`` says a broken backend does."""
+        fault = self.config.fault
+        if fault == "hang":
+            await asyncio.sleep(3600)  # the client's timeout ends it
+        if fault == "bad_json":
+            return Response(b'{"id": "chatcmpl-broken", "choices": [', media_type=JSON)
+        if fault == "no_usage" and isinstance(body, dict):
+            body = {**body, "stream_options": {"include_usage": False}}
+        answer = self._complete(body)
+        streamed = isinstance(body, dict) and bool(body.get("stream"))
+        if fault == "no_usage":
+            if streamed:
+                return answer  # asked without include_usage above: no usage chunk
+            data = orjson.loads(bytes(answer.body))
+            data.pop("usage", None)
+            return Response(orjson.dumps(data), media_type=JSON)
+        return StreamingResponse(_cut(answer, streamed), media_type=SSE if streamed else JSON)
 
     def _complete(self, body: Any) -> Response:
         checked = parse_request(
@@ -226,6 +250,23 @@ class _Emulator:
                 code="method_not_allowed" if status == 405 else "unknown_url",
             ),
         )
+
+
+async def _cut(answer: Response, streamed: bool) -> AsyncIterator[bytes]:
+    """Send the first part of an answer (three events of a stream), then break the connection."""
+    if isinstance(answer, StreamingResponse):
+        async for part in answer.body_iterator:
+            first = part if isinstance(part, bytes) else str(part).encode()
+            break
+    else:
+        first = bytes(answer.body)
+    if streamed:
+        for event in first.split(b"\n\n")[:3]:
+            if event:
+                yield event + b"\n\n"
+    else:
+        yield first[: len(first) // 2]
+    raise ConnectionResetError("the emulator cut the answer off on purpose (fault=cut_stream)")
 
 
 def create_app(config: EmulatorConfig) -> Starlette:

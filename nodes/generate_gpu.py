@@ -28,7 +28,7 @@ async def generate_gpu(
         async with pool.lease(endpoint):
             result, message = await call_backend(endpoint.client, "gpu", state, model.id, served)
     except BackendError as error:
-        if retry_here(error, runtime):
+        if await retry_here(error, runtime):
             raise
         url = endpoint.url if endpoint is not None else None
         return fail_over(state, "gpu", failed_attempt("gpu", model.id, error, url), error)

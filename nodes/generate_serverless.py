@@ -42,7 +42,7 @@ async def generate_serverless(
             client, "serverless", state, model.id, model.served_name("serverless")
         )
     except BackendError as error:
-        if retry_here(error, runtime):
+        if await retry_here(error, runtime):
             if "reservation" in update:
                 # this try's update is lost when it raises: give its hold back first
                 await services.reservations.release(update["reservation"])

@@ -15,6 +15,7 @@ chat-model callbacks. With neither listening, nothing is emitted.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -279,11 +280,27 @@ def next_backend(state: RouterState, failed: Backend) -> Backend | None:
     return None
 
 
-def retry_here(error: BackendError, runtime: Runtime[Context]) -> bool:
-    """Say whether the node's retry policy should try this failure once more."""
+# A backend that asks to be left alone longer than this (Retry-After) is not
+# retried: the request falls back to the other backend at once.
+RETRY_AFTER_LIMIT_S = 1.0
+
+
+async def retry_here(error: BackendError, runtime: Runtime[Context]) -> bool:
+    """Say whether the node's retry policy should try this failure once more.
+
+    A ``Retry-After`` up to :data:`RETRY_AFTER_LIMIT_S` is waited out first; a
+    longer one means the backend will not serve this request soon.
+    """
     info = runtime.execution_info
     attempt = info.node_attempt if info is not None else GENERATE_RETRY.max_attempts
-    return error.transient and attempt < GENERATE_RETRY.max_attempts
+    if not error.transient or attempt >= GENERATE_RETRY.max_attempts:
+        return False
+    wait = error.retry_after_s
+    if wait is not None:
+        if wait > RETRY_AFTER_LIMIT_S:
+            return False
+        await asyncio.sleep(wait)
+    return True
 
 
 def fail_over(
