@@ -85,6 +85,16 @@ _REASONING_PHRASES = (
 THREAD_COUNT_CHARS = 32_768
 
 
+def _has_content(message: Mapping[str, Any]) -> bool:
+    """Say whether a message says anything: text, a tool call, or a part such as an image."""
+    content = message.get("content")
+    if message_text(content).strip() or message.get("tool_calls"):
+        return True
+    return isinstance(content, list) and any(
+        isinstance(part, Mapping) and part.get("type") not in (None, "text") for part in content
+    )
+
+
 def validate_request(state: RouterState) -> list[dict[str, Any]]:
     """Check the caller's input and return the conversation as OpenAI-style dicts."""
     raw = state.get("messages")
@@ -99,7 +109,7 @@ def validate_request(state: RouterState) -> list[dict[str, Any]]:
             raise BadRequestError(
                 f"messages[{index}].content must be a string or a list of content parts"
             )
-    if not any(message_text(m.get("content")).strip() or m.get("tool_calls") for m in messages):
+    if not any(_has_content(m) for m in messages):
         raise BadRequestError("every message is empty: send at least one message with text")
     max_tokens = state.get("max_tokens")
     if max_tokens is not None and (
