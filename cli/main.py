@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, cast
 
+from langchain_core.messages import convert_to_openai_messages
 from pydantic import ValidationError
 from sqlalchemy import make_url
 
@@ -170,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error ({error.code}): {error.message}", file=sys.stderr)
         return 1
     if args.json:
+        # the conversation as OpenAI-style messages, not LangChain objects' reprs
+        result["messages"] = convert_to_openai_messages(result.get("messages") or [])
         print(json.dumps(result, indent=2, default=str))
     else:
         _print_result(result)
