@@ -1,0 +1,1 @@
+"""The capacity planner: how many dedicated GPUs to keep, with which policy, at what cost."""
