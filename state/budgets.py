@@ -36,6 +36,7 @@ from state.ledger import (
     UsageRecord,
     usage_values,
 )
+from state.reporting.windows import calendar_windows
 from state.settings import Settings
 
 ALERT_THRESHOLDS = (0.8, 1.0)
@@ -224,24 +225,13 @@ class BudgetBook:
                 self._limits_read = time.monotonic()
         return self._limits
 
-    def _windows_of(self, now: datetime) -> tuple[str, datetime, str, datetime]:
-        local = now.astimezone(self.settings.zone)
-        day_start = local.replace(hour=0, minute=0, second=0, microsecond=0)
-        next_day = (day_start + timedelta(days=1, hours=2)).replace(hour=0)
-        month_start = day_start.replace(day=1)
-        next_month = (month_start + timedelta(days=32)).replace(day=1)
-        return (
-            local.date().isoformat(),
-            next_day,
-            f"{local.year:04d}-{local.month:02d}",
-            next_month,
-        )
-
     async def windows(
         self, now: datetime, user: str | None = None, team: str | None = None
     ) -> list[BudgetWindow]:
         """Return every budget that applies to a request, in lock order."""
-        day_key, day_reset, month_key, month_reset = self._windows_of(now)
+        calendar = calendar_windows(now, self.settings.zone)
+        day_key, day_reset = calendar.day_key, calendar.day_end
+        month_key, month_reset = calendar.month_key, calendar.month_end
         api = await self._api_limits()
         limits: list[tuple[str, str, float | None, float | None]] = [
             (

@@ -1,0 +1,326 @@
+"""Usage figures from the ledger: the same answers on SQLite and PostgreSQL.
+
+Rows of a time range are read with one query and aggregated here, so both
+databases give identical answers (percentiles are nearest-rank). Savings are
+measured against two baselines:
+
+- all on dedicated GPUs: enough instances for the busiest hour (its GPU-seconds
+  over ``GPU_CONCURRENCY_PER_ENDPOINT`` concurrent requests an instance
+  serves), paid for every hour of the range;
+- all on the default serverless model: every answered request's tokens at that
+  model's prices.
+
+The actual cost is the serverless spend plus the GPU pool's bill (its
+endpoints at the hourly price over the range), so idle GPU time is counted.
+
+:func:`usage_report` is the report of any range; :func:`usage_of_last_days`
+(``GET /usage``), :func:`usage_stats` (the MCP tool ``get_usage_stats``) and
+:func:`routing_stats` (``GET /stats``) are the ranges and figures those show.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from sqlalchemy import case, func, select
+from typing_extensions import TypedDict
+
+from backends.catalog import Catalog
+from state.ledger import Ledger, UsageRecord
+from state.reporting.windows import (
+    as_utc,
+    calendar_windows,
+    last_days,
+    local_date,
+    trailing_days,
+)
+from state.schemas import BACKENDS
+from state.settings import Settings
+
+if TYPE_CHECKING:
+    from state.budgets import BudgetBook
+
+GroupBy = Literal["day", "model", "backend", "user"]
+GROUPINGS: tuple[GroupBy, ...] = ("day", "model", "backend", "user")
+
+_COLUMNS = (
+    UsageRecord.created_at,
+    UsageRecord.user,
+    UsageRecord.backend,
+    UsageRecord.model,
+    UsageRecord.prompt_tokens,
+    UsageRecord.completion_tokens,
+    UsageRecord.cost_usd,
+    UsageRecord.gpu_seconds,
+    UsageRecord.latency_ms,
+    UsageRecord.status,
+    UsageRecord.fallbacks,
+)
+
+
+class UsageStats(TypedDict):
+    """The usage report over a range plus the budgets (the MCP tool ``get_usage_stats``)."""
+
+    days: int
+    start: str
+    end: str
+    group_by: GroupBy
+    totals: dict[str, Any]
+    groups: dict[str, dict[str, Any]]
+    savings: dict[str, Any]
+    budgets: list[dict[str, Any]]
+
+
+def nearest_rank(values: list[float], q: float) -> float:
+    """Return the ``q`` percentile (0..1) of ``values`` by the nearest-rank method."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def summarize(rows: Iterable[Any]) -> dict[str, Any]:
+    """Aggregate rows: counts, tokens, cost, latency percentiles, error and fallback rates."""
+    rows = list(rows)
+    latencies = [r.latency_ms for r in rows]
+    requests = len(rows)
+    failed = sum(1 for r in rows if r.status != "ok")
+    return {
+        "requests": requests,
+        "failed": failed,
+        "prompt_tokens": sum(r.prompt_tokens for r in rows),
+        "completion_tokens": sum(r.completion_tokens for r in rows),
+        "total_tokens": sum(r.prompt_tokens + r.completion_tokens for r in rows),
+        "cost_usd": sum(r.cost_usd for r in rows),
+        "latency_ms_mean": statistics.fmean(latencies) if latencies else 0.0,
+        "latency_ms_p50": nearest_rank(latencies, 0.50),
+        "latency_ms_p95": nearest_rank(latencies, 0.95),
+        "error_rate": failed / requests if requests else 0.0,
+        "fallback_rate": sum(1 for r in rows if r.fallbacks) / requests if requests else 0.0,
+    }
+
+
+def savings(
+    rows: list[Any], start: datetime, end: datetime, settings: Settings, catalog: Catalog
+) -> dict[str, Any]:
+    """Compare the actual cost with the all-GPU and all-serverless baselines."""
+    hours = max((end - start).total_seconds() / 3600, 0.0)
+    hourly = settings.gpu_hourly_cost_usd
+    answered = [r for r in rows if r.status == "ok"]
+    serverless_usd = sum(r.cost_usd for r in answered if r.backend == "serverless")
+    gpu_bill = len(settings.gpu_endpoints) * hourly * hours
+    busy: dict[datetime, float] = defaultdict(float)
+    for r in answered:
+        hour = as_utc(r.created_at).replace(minute=0, second=0, microsecond=0)
+        busy[hour] += r.latency_ms / 1000
+    peak_gpu_seconds = max(busy.values(), default=0.0)
+    per_instance_hour = 3600 * settings.gpu_concurrency_per_endpoint
+    instances = max(1, math.ceil(peak_gpu_seconds / per_instance_hour)) if answered else 0
+    all_gpu = instances * hourly * hours
+    default = catalog.by_id[catalog.default_serverless_model]
+    all_serverless = sum(default.cost_usd(r.prompt_tokens, r.completion_tokens) for r in answered)
+    actual = serverless_usd + gpu_bill
+    return {
+        "hours": hours,
+        "actual_usd": actual,
+        "serverless_usd": serverless_usd,
+        "gpu_bill_usd": gpu_bill,
+        "gpu_allocated_usd": sum(r.cost_usd for r in answered if r.backend == "gpu"),
+        "all_gpu": {
+            "instances": instances,
+            "peak_hour_gpu_seconds": peak_gpu_seconds,
+            "usd": all_gpu,
+            "saved_usd": all_gpu - actual,
+        },
+        "all_serverless": {
+            "model": default.id,
+            "usd": all_serverless,
+            "saved_usd": all_serverless - actual,
+        },
+    }
+
+
+async def usage_report(
+    ledger: Ledger,
+    settings: Settings,
+    catalog: Catalog,
+    start: datetime,
+    end: datetime,
+    group_by: GroupBy = "day",
+) -> dict[str, Any]:
+    """Return totals, per-group figures and savings for ``[start, end)``.
+
+    Raises:
+        ValueError: ``group_by`` is unknown or the range is empty.
+    """
+    if group_by not in GROUPINGS:
+        raise ValueError(f"group_by is {group_by!r}; use one of {', '.join(GROUPINGS)}")
+    if end <= start:
+        raise ValueError("the range is empty: end must come after start")
+    await ledger.ensure_schema()
+    query = select(*_COLUMNS).where(
+        UsageRecord.created_at >= start.astimezone(UTC),
+        UsageRecord.created_at < end.astimezone(UTC),
+    )
+    async with ledger.engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    zone = settings.zone
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for r in rows:
+        if group_by == "day":
+            key = local_date(r.created_at, zone).isoformat()
+        else:
+            key = getattr(r, group_by) or "(none)"
+        groups[key].append(r)
+    return {
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "group_by": group_by,
+        "totals": summarize(rows),
+        "groups": {key: summarize(group) for key, group in sorted(groups.items())},
+        "savings": savings(list(rows), start, end, settings, catalog),
+    }
+
+
+async def usage_of_last_days(
+    ledger: Ledger,
+    settings: Settings,
+    catalog: Catalog,
+    now: datetime,
+    days: int,
+    group_by: GroupBy = "day",
+) -> dict[str, Any]:
+    """Return the usage report of today and the ``days - 1`` calendar days before (``/usage``).
+
+    Args:
+        ledger: The ledger.
+        settings: The settings (``BUDGET_TIMEZONE``, the GPU pool's cost).
+        catalog: The model catalog (the all-serverless baseline's prices).
+        now: The current time.
+        days: Calendar days in ``BUDGET_TIMEZONE``, today included.
+        group_by: How to group the figures.
+
+    Returns:
+        ``{days, start, end, group_by, totals, groups, savings}``.
+    """
+    start, end, _ = last_days(now, settings.zone, days)
+    report = await usage_report(ledger, settings, catalog, start, end, group_by)
+    return {"days": days, **report}
+
+
+async def usage_stats(
+    ledger: Ledger,
+    budgets: BudgetBook,
+    settings: Settings,
+    catalog: Catalog,
+    now: datetime,
+    days: int,
+    group_by: GroupBy = "day",
+) -> UsageStats:
+    """Return the usage report of the last ``days`` times 24 hours, with every global budget.
+
+    Args:
+        ledger: The ledger.
+        budgets: The budget book (the budgets' status).
+        settings: The settings.
+        catalog: The model catalog.
+        now: The current time (the range's end).
+        days: How many days back from ``now``.
+        group_by: How to group the figures.
+
+    Returns:
+        The report's range, totals, groups and savings, and the budgets' status.
+    """
+    start, end = trailing_days(now, days)
+    report = await usage_report(ledger, settings, catalog, start, end, group_by)
+    return {
+        "days": days,
+        "start": report["start"],
+        "end": report["end"],
+        "group_by": group_by,
+        "totals": report["totals"],
+        "groups": report["groups"],
+        "savings": report["savings"],
+        "budgets": await budgets.status(),
+    }
+
+
+def _routing_of(rows: list[Any], start: datetime, end: datetime) -> dict[str, Any]:
+    """Fold ``(backend, status, count, fallbacks, cost)`` groups into one period's figures."""
+    total = sum(int(r[2]) for r in rows)
+    by_backend: dict[str, dict[str, Any]] = {
+        b: {"requests": 0, "share": 0.0, "cost_usd": 0.0} for b in BACKENDS
+    }
+    by_status: dict[str, int] = {}
+    fallbacks = 0
+    cost = 0.0
+    for backend, status, count, fell_back, cost_usd in rows:
+        entry = by_backend.setdefault(
+            backend or "none", {"requests": 0, "share": 0.0, "cost_usd": 0.0}
+        )
+        entry["requests"] += int(count)
+        entry["cost_usd"] += float(cost_usd or 0.0)
+        by_status[status] = by_status.get(status, 0) + int(count)
+        fallbacks += int(fell_back or 0)
+        cost += float(cost_usd or 0.0)
+    for entry in by_backend.values():
+        entry["share"] = entry["requests"] / total if total else 0.0
+    return {
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "requests": total,
+        "by_backend": by_backend,
+        "by_status": by_status,
+        "fallbacks": fallbacks,
+        "fallback_rate": fallbacks / total if total else 0.0,
+        "cost_usd": cost,
+    }
+
+
+async def routing_stats(ledger: Ledger, settings: Settings, now: datetime) -> dict[str, Any]:
+    """Return today's and this month's routing split, statuses, fallbacks and cost (``/stats``).
+
+    A request counts as a fallback when it tried more than one backend call.
+    Days and months are calendar windows in ``BUDGET_TIMEZONE``, the budgets'.
+
+    Args:
+        ledger: The ledger.
+        settings: The settings (``BUDGET_TIMEZONE``).
+        now: The current time.
+
+    Returns:
+        ``{timezone, generated_at, today: PERIOD, month: PERIOD}``, where PERIOD
+        is ``{start, end, requests, by_backend, by_status, fallbacks,
+        fallback_rate, cost_usd}``.
+    """
+    calendar = calendar_windows(now, settings.zone)
+    periods = {
+        "today": (calendar.day_start, calendar.day_end),
+        "month": (calendar.month_start, calendar.month_end),
+    }
+    await ledger.ensure_schema()
+    figures: dict[str, Any] = {}
+    async with ledger.engine.connect() as conn:
+        for name, (start, end) in periods.items():
+            query = (
+                select(
+                    UsageRecord.backend,
+                    UsageRecord.status,
+                    func.count(),
+                    func.sum(case((UsageRecord.fallbacks > 0, 1), else_=0)),
+                    func.sum(UsageRecord.cost_usd),
+                )
+                .where(
+                    UsageRecord.created_at >= start.astimezone(UTC),
+                    UsageRecord.created_at < end.astimezone(UTC),
+                )
+                .group_by(UsageRecord.backend, UsageRecord.status)
+            )
+            rows = list((await conn.execute(query)).all())
+            figures[name] = _routing_of(rows, start, end)
+    return {"timezone": settings.budget_timezone, "generated_at": now.isoformat(), **figures}
