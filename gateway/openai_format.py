@@ -21,6 +21,7 @@ import orjson
 from backends.catalog import Catalog
 from state.chat_fields import ROUTER_FIELDS, check_params
 from state.errors import BadRequestError, BudgetExceededError, RouterError
+from state.ledger import NAME_MAX_CHARS
 from state.schemas import BACKENDS, RouterInput
 from state.settings import ApiKeyIdentity
 
@@ -28,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
 AUTO_MODEL = "auto"
-_MAX_USER_CHARS = 128  # the ledger's ``user`` and ``team`` columns
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
@@ -79,9 +79,9 @@ def _optional_bool(body: Mapping[str, Any], name: str, param: str | None = None)
 
 def _name(body: Mapping[str, Any], name: str) -> str | None:
     value = body.get(name)
-    if value is not None and (not isinstance(value, str) or len(value) > _MAX_USER_CHARS):
+    if value is not None and (not isinstance(value, str) or len(value) > NAME_MAX_CHARS):
         raise GatewayRequestError(
-            f"'{name}' must be a string of at most {_MAX_USER_CHARS} characters", param=name
+            f"'{name}' must be a string of at most {NAME_MAX_CHARS} characters", param=name
         )
     return value
 

@@ -21,7 +21,7 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -44,9 +44,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from state.settings import Settings
+if TYPE_CHECKING:
+    from state.settings import Settings
 
 T = TypeVar("T")
+
+NAME_MAX_CHARS = 128
+"""Longest user or team name: the width of the columns that hold one."""
 
 
 class Base(DeclarativeBase):
@@ -62,8 +66,8 @@ class UsageRecord(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     request_id: Mapped[str] = mapped_column(String(64), unique=True)
-    user: Mapped[str | None] = mapped_column(String(128), index=True)
-    team: Mapped[str | None] = mapped_column(String(128))
+    user: Mapped[str | None] = mapped_column(String(NAME_MAX_CHARS), index=True)
+    team: Mapped[str | None] = mapped_column(String(NAME_MAX_CHARS))
     backend: Mapped[str | None] = mapped_column(String(16))
     model: Mapped[str | None] = mapped_column(String(128))
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
@@ -87,7 +91,7 @@ class BudgetCounter(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     scope: Mapped[str] = mapped_column(String(8))  # global | user | team
-    scope_key: Mapped[str] = mapped_column(String(128))  # "" for global
+    scope_key: Mapped[str] = mapped_column(String(NAME_MAX_CHARS))  # "" for global
     period: Mapped[str] = mapped_column(String(8))  # day | month
     window_key: Mapped[str] = mapped_column(String(10))  # 2026-11-23 | 2026-11
     committed_usd: Mapped[float] = mapped_column(Float, default=0.0)
@@ -117,7 +121,7 @@ class BudgetLimit(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     scope: Mapped[str] = mapped_column(String(8))
-    scope_key: Mapped[str] = mapped_column(String(128))
+    scope_key: Mapped[str] = mapped_column(String(NAME_MAX_CHARS))
     daily_usd: Mapped[float | None] = mapped_column(Float)
     monthly_usd: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -132,7 +136,7 @@ class Alert(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     scope: Mapped[str] = mapped_column(String(8))
-    scope_key: Mapped[str] = mapped_column(String(128))
+    scope_key: Mapped[str] = mapped_column(String(NAME_MAX_CHARS))
     period: Mapped[str] = mapped_column(String(8))
     window_key: Mapped[str] = mapped_column(String(10))
     threshold: Mapped[float] = mapped_column(Float)
@@ -156,7 +160,7 @@ class RoutingOverride(Base):
     backend: Mapped[str] = mapped_column(String(16))
     remaining: Mapped[int | None] = mapped_column(Integer)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    user: Mapped[str | None] = mapped_column(String(128))
+    user: Mapped[str | None] = mapped_column(String(NAME_MAX_CHARS))
     note: Mapped[str] = mapped_column(Text, default="")
     condition: Mapped[str | None] = mapped_column(String(8))
     cleared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
