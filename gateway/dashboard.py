@@ -8,7 +8,7 @@ at ``/dashboard`` (``Mount("/dashboard", app=create_dashboard(services))``):
   any mount path, opened with the trailing slash (Starlette's router redirects
   ``/dashboard`` to ``/dashboard/``). It redraws itself from ``data`` every 10 s.
 - ``GET /data?days=14``: everything the page draws, as JSON (see
-  :func:`dashboard_data`).
+  :func:`state.reporting.dashboard.dashboard_data`).
 - ``GET /static/{name}``: the page's script and style sheet, and the vendored
   charting library. Only plain file names directly in ``gateway/static`` with a
   known type are served; anything else is a 404.
@@ -19,9 +19,8 @@ The charts are drawn by Chart.js 4.6.1 (MIT licence, ``static/chart.js.LICENSE.m
 the package: the page needs nothing but this server, and its Content-Security-Policy
 forbids every other origin.
 
-All figures are read through the router's services: ``usage_report`` (totals,
-per-backend figures, savings), the ledger's engine (the daily series, the recent
-alerts) and the budget book (budget windows). Importing this module does no I/O;
+Every figure comes from :func:`state.reporting.dashboard.dashboard_data`; this
+module serves the page, its files and that data. Importing it does no I/O;
 static files are read off the event loop on first use and kept in memory.
 """
 
@@ -32,24 +31,18 @@ import hashlib
 import logging
 import re
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from datetime import time as day_start
 from pathlib import Path
-from typing import Any
 
 import orjson
-from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from state.analytics import summarize, usage_report
 from state.context import Services
-from state.ledger import Alert, UsageRecord
+from state.reporting.dashboard import DEFAULT_DAYS, MAX_DAYS, dashboard_data
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +50,6 @@ ServicesProvider = Callable[[], Awaitable[Services]]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PAGE = "dashboard.html"
-DEFAULT_DAYS = 14
-MAX_DAYS = 366
-RECENT_ALERTS = 10
-BACKEND_NAMES = ("serverless", "gpu")
 
 # What /static/{name} serves, by suffix; the page itself (.html) is served at / only,
 # where its relative URLs resolve.
@@ -113,163 +102,6 @@ def _read_static(name: str) -> StaticFile | None:
     except OSError:
         return None
     return StaticFile(body, f'"{hashlib.sha256(body).hexdigest()[:20]}"', media_type)
-
-
-def _utc(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; the ledger writes UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _window(services: Services, days: int) -> tuple[datetime, datetime, list[date]]:
-    """Return the range ``[start, end)`` of the last ``days`` local days (to now), and the days."""
-    zone = services.settings.zone
-    now = services.clock()
-    today = now.astimezone(zone).date()
-    first = today - timedelta(days=days - 1)
-    start = datetime.combine(first, day_start.min, tzinfo=zone)
-    end = max(now, start + timedelta(microseconds=1))
-    return start, end, [first + timedelta(days=i) for i in range(days)]
-
-
-async def _daily_series(
-    services: Services, start: datetime, end: datetime, days: list[date]
-) -> dict[str, Any]:
-    """Return per-day spend by backend, and month-to-date serverless spend, for ``days``."""
-    zone = services.settings.zone
-    # from the 1st of the first day's month, for the month-to-date line
-    since = datetime.combine(days[0].replace(day=1), day_start.min, tzinfo=zone)
-    query = select(
-        UsageRecord.created_at, UsageRecord.backend, UsageRecord.cost_usd, UsageRecord.status
-    ).where(
-        UsageRecord.created_at >= since.astimezone(UTC),
-        UsageRecord.created_at < end.astimezone(UTC),
-    )
-    async with services.ledger.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    spend: dict[tuple[date, str], float] = defaultdict(float)
-    requests: dict[date, int] = defaultdict(int)
-    for row in rows:
-        day = _utc(row.created_at).astimezone(zone).date()
-        requests[day] += 1
-        if row.backend in BACKEND_NAMES:
-            spend[(day, row.backend)] += row.cost_usd
-    month_to_date: dict[date, float] = {}
-    running, day, month = 0.0, since.date(), None
-    while day <= days[-1]:
-        if (day.year, day.month) != month:
-            running, month = 0.0, (day.year, day.month)
-        running += spend[(day, "serverless")]
-        month_to_date[day] = running
-        day += timedelta(days=1)
-    return {
-        "days": [d.isoformat() for d in days],
-        "serverless_usd": [spend[(d, "serverless")] for d in days],
-        "gpu_usd": [spend[(d, "gpu")] for d in days],
-        "requests": [requests[d] for d in days],
-        "month_to_date_serverless_usd": [month_to_date[d] for d in days],
-    }
-
-
-async def _recent_alerts(services: Services) -> list[dict[str, Any]]:
-    """Return the newest budget alerts, newest first."""
-    query = (
-        select(Alert.__table__)
-        .order_by(Alert.created_at.desc(), Alert.id.desc())
-        .limit(RECENT_ALERTS)
-    )
-    async with services.ledger.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    return [
-        {
-            "id": r.id,
-            "created_at": _utc(r.created_at).isoformat(),
-            "scope": r.scope,
-            "key": r.scope_key,
-            "period": r.period,
-            "window": r.window_key,
-            "threshold": r.threshold,
-            "spent_usd": r.spent_usd,
-            "limit_usd": r.limit_usd,
-            "delivered": r.delivered,
-        }
-        for r in rows
-    ]
-
-
-def _global_limit(status: list[dict[str, Any]], period: str, default: float) -> float:
-    for window in status:
-        if window["scope"] == "global" and window["period"] == period:
-            return float(window["limit_usd"])
-    return default
-
-
-async def dashboard_data(services: Services, days: int = DEFAULT_DAYS) -> dict[str, Any]:
-    """Gather everything the dashboard draws for the last ``days`` calendar days.
-
-    Days are calendar days in ``BUDGET_TIMEZONE``; the range runs from the first
-    day's midnight to now, and the savings are the report's for that range.
-
-    Args:
-        services: The router's services (ledger, budgets, settings, catalog, clock).
-        days: How many days, today included (1 to 366).
-
-    Returns:
-        A JSON-ready mapping with the keys ``generated_at``, ``range``,
-        ``emulated``, ``spend`` (the daily series and the budget lines),
-        ``split`` and ``latency`` (per backend), ``totals``, ``savings``,
-        ``budgets`` and ``alerts``.
-
-    Raises:
-        ValueError: ``days`` is out of range.
-    """
-    if not 1 <= days <= MAX_DAYS:
-        raise ValueError(f"days must be between 1 and {MAX_DAYS}, got {days}")
-    settings = services.settings
-    start, end, day_list = _window(services, days)
-    report = await usage_report(
-        services.ledger, settings, services.catalog, start, end, group_by="backend"
-    )
-    series = await _daily_series(services, start, end, day_list)
-    budgets = await services.budgets.status()
-    alerts = await _recent_alerts(services)
-    groups = report["groups"]
-    per_backend = {name: groups.get(name) or summarize([]) for name in BACKEND_NAMES}
-    unanswered = groups.get("(none)") or summarize([])
-    return {
-        "generated_at": end.isoformat(),
-        "range": {
-            "days": days,
-            "start": start.isoformat(),
-            "end": end.isoformat(),
-            "timezone": settings.budget_timezone,
-        },
-        "emulated": services.emulated,
-        "spend": {
-            **series,
-            "daily_budget_usd": _global_limit(budgets, "day", settings.lambda_daily_budget),
-            "monthly_budget_usd": _global_limit(budgets, "month", settings.lambda_monthly_budget),
-        },
-        "split": {
-            **{
-                name: {"requests": figures["requests"], "cost_usd": figures["cost_usd"]}
-                for name, figures in per_backend.items()
-            },
-            "unanswered": {"requests": unanswered["requests"]},
-        },
-        "latency": {
-            name: {
-                "requests": figures["requests"],
-                "p50_ms": figures["latency_ms_p50"],
-                "p95_ms": figures["latency_ms_p95"],
-                "mean_ms": figures["latency_ms_mean"],
-            }
-            for name, figures in per_backend.items()
-        },
-        "totals": report["totals"],
-        "savings": report["savings"],
-        "budgets": budgets,
-        "alerts": alerts,
-    }
 
 
 def _json_error(status: int, message: str, code: str) -> Response:
@@ -374,7 +206,16 @@ class Dashboard:
             body = cached[1]
         else:
             try:
-                figures = await dashboard_data(await self._services(), days)
+                services = await self._services()
+                figures = await dashboard_data(
+                    services.ledger,
+                    services.budgets,
+                    services.settings,
+                    services.catalog,
+                    services.clock(),
+                    days,
+                    emulated=services.emulated,
+                )
             except Exception:
                 logger.exception("the dashboard's figures could not be read")
                 return _json_error(500, "the ledger could not be read; see the log", "internal")

@@ -19,9 +19,9 @@ streaming or not, answered or failed:
   a stream) and ``router_time_to_first_token_seconds{backend}`` (streams)
   histograms.
 - ``router_budget_used_usd``, ``router_budget_used_fraction`` and
-  ``router_budget_limit_usd`` by ``scope``, ``key`` and ``period``: refreshed from
-  :meth:`state.budgets.BudgetBook.status` at every scrape (the ledger is shared,
-  so these are the same in every process).
+  ``router_budget_limit_usd`` by ``scope``, ``key`` and ``period``: set at every
+  scrape from :func:`state.reporting.budget_status.every_budget_status` (the
+  ledger is shared, so these are the same in every process).
 
 With several uvicorn workers each worker has its own registry and a scrape
 reaches one of them: the request counters and histograms are that worker's
@@ -34,17 +34,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import select
 
-from state.budgets import BudgetBook
 from state.errors import AllBackendsFailedError, RouterError
-from state.ledger import BudgetLimit, Ledger
-from state.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -231,33 +227,19 @@ class RouterMetrics:
 
     # -- budgets and the exposition -------------------------------------------------------
 
-    async def refresh_budgets(
-        self, budgets: BudgetBook, ledger: Ledger, settings: Settings
-    ) -> None:
-        """Set the budget gauges from :meth:`BudgetBook.status` of every budget there is.
-
-        The global budget, every configured user and team budget, and every one
-        set through the API (``PUT /budget/...``).
+    def set_budgets(self, windows: Iterable[Mapping[str, Any]]) -> None:
+        """Set the budget gauges to ``windows``, dropping every other budget's.
 
         Args:
-            budgets: The budget book.
-            ledger: The ledger (for the budgets set through the API).
-            settings: The settings (for the configured budgets).
+            windows: Budget windows as :meth:`state.budgets.BudgetBook.status` gives
+                them, one per scope, key and period (e.g.
+                :func:`state.reporting.budget_status.every_budget_status`).
         """
-        await ledger.ensure_schema()
-        async with ledger.engine.connect() as conn:
-            rows = (await conn.execute(select(BudgetLimit.scope, BudgetLimit.scope_key))).all()
-        users = sorted({*settings.user_budgets, *(k for s, k in rows if s == "user")})
-        teams = sorted({*settings.team_budgets, *(k for s, k in rows if s == "team")})
-        pairs: list[tuple[str | None, str | None]] = list(itertools.zip_longest(users, teams))
-        windows: dict[tuple[str, str, str], Mapping[str, Any]] = {}
-        for user, team in pairs or [(None, None)]:
-            for found in await budgets.status(user, team):
-                windows[(found["scope"], found["key"], found["period"])] = found
-        # No await below: a scrape never sees the gauges half refreshed.
+        # No await here: a scrape never sees the gauges half refreshed.
         for gauge in (self.budget_used_usd, self.budget_used_fraction, self.budget_limit_usd):
             gauge.clear()
-        for labels, window in windows.items():
+        for window in windows:
+            labels = (window["scope"], window["key"], window["period"])
             self.budget_used_usd.labels(*labels).set(window["spent_usd"])
             self.budget_used_fraction.labels(*labels).set(window["used_fraction"])
             self.budget_limit_usd.labels(*labels).set(window["limit_usd"])

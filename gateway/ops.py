@@ -5,17 +5,20 @@
   an API key; endpoint URLs (credentials and query stripped) are shown only to
   callers with a valid key, or to everyone when authentication is off.
 - ``GET /stats``: today's and this month's requests per backend (and share),
-  requests by status, fallbacks and cost, from the ledger (calendar day and
-  month in ``BUDGET_TIMEZONE``, the budgets' windows).
+  requests by status, fallbacks and cost (:func:`state.reporting.usage.routing_stats`:
+  calendar day and month in ``BUDGET_TIMEZONE``, the budgets' windows).
 - ``GET /usage?days=N&group_by=day|model|backend|user``:
-  :func:`state.analytics.usage_report` over today and the ``N - 1`` days before.
+  :func:`state.reporting.usage.usage_of_last_days`: today and the ``N - 1`` days before.
 - ``GET /budget``: :meth:`state.budgets.BudgetBook.status` of the caller (the API
   key's user and team; ``?user=&team=`` when authentication is off).
 - ``PUT /budget/{scope}/{key}``: set a user's or a team's daily and monthly limit.
-- ``GET /metrics``: Prometheus text (:mod:`gateway.metrics`).
+- ``GET /metrics``: Prometheus text (:mod:`gateway.metrics`), its budget gauges set
+  from :func:`state.reporting.budget_status.every_budget_status`.
 
-Errors are OpenAI error objects, like the chat route's. Nothing here shows a
-key: the serverless key is only sent to the serverless API's ``/models``.
+The routes read their parameters and answer JSON; every figure comes from
+:mod:`state.reporting` or the budget book. Errors are OpenAI error objects,
+like the chat route's. Nothing here shows a key: the serverless key is only
+sent to the serverless API's ``/models``.
 """
 
 from __future__ import annotations
@@ -27,13 +30,11 @@ import time
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
 import orjson
-from sqlalchemy import case, func, select
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -41,10 +42,10 @@ from backends.gpu_pool import GpuEndpoint, GpuPool
 from gateway.auth import PermissionDeniedError, caller
 from gateway.metrics import RouterMetrics
 from gateway.openai_format import GatewayRequestError, error_body
-from state.analytics import GROUPINGS, GroupBy, usage_report
 from state.context import Services
-from state.ledger import UsageRecord
-from state.schemas import BACKENDS
+from state.ledger import NAME_MAX_CHARS
+from state.reporting.budget_status import every_budget_status
+from state.reporting.usage import GROUPINGS, GroupBy, routing_stats, usage_of_last_days
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,6 @@ SERVERLESS_TIMEOUT_S = 2.0
 PROBE_TIMEOUT_S = 2.5
 """How long ``/health`` waits for a fresh probe of the GPU pool."""
 MAX_DAYS = 366
-_MAX_NAME_CHARS = 128  # the ledger's user and team columns
 _BUDGET_FIELDS = ("daily_usd", "monthly_usd")
 _JSON = "application/json"
 
@@ -87,25 +87,6 @@ def public_url(url: str) -> str:
         host = f"[{host}]"
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
-def calendar_windows(now: datetime, services: Services) -> dict[str, tuple[datetime, datetime]]:
-    """Return today's and this month's bounds in the budget time zone.
-
-    Args:
-        now: The current time.
-        services: The router's services (settings: ``BUDGET_TIMEZONE``).
-
-    Returns:
-        ``{"today": (start, end), "month": (start, end)}``, local and aware.
-    """
-    local = now.astimezone(services.settings.zone)
-    day_start = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    # +2 h then back to midnight: right across a daylight-saving change
-    next_day = (day_start + timedelta(days=1, hours=2)).replace(hour=0)
-    month_start = day_start.replace(day=1)
-    next_month = (month_start + timedelta(days=32)).replace(day=1)
-    return {"today": (day_start, next_day), "month": (month_start, next_month)}
 
 
 class Operations:
@@ -306,68 +287,10 @@ class Operations:
         """
         try:
             services = await self._services()
-            now = services.clock()
-            ledger = services.ledger
-            await ledger.ensure_schema()
-            periods = {}
-            async with ledger.engine.connect() as conn:
-                for name, (start, end) in calendar_windows(now, services).items():
-                    periods[name] = await self._period(conn, start, end)
+            stats = await routing_stats(services.ledger, services.settings, services.clock())
         except Exception as exc:
             return _error(exc)
-        return _json(
-            {
-                "timezone": services.settings.budget_timezone,
-                "generated_at": now.isoformat(),
-                **periods,
-            }
-        )
-
-    @staticmethod
-    async def _period(conn: Any, start: datetime, end: datetime) -> dict[str, Any]:
-        query = (
-            select(
-                UsageRecord.backend,
-                UsageRecord.status,
-                func.count(),
-                func.sum(case((UsageRecord.fallbacks > 0, 1), else_=0)),
-                func.sum(UsageRecord.cost_usd),
-            )
-            .where(
-                UsageRecord.created_at >= start.astimezone(UTC),
-                UsageRecord.created_at < end.astimezone(UTC),
-            )
-            .group_by(UsageRecord.backend, UsageRecord.status)
-        )
-        rows = (await conn.execute(query)).all()
-        total = sum(int(r[2]) for r in rows)
-        by_backend: dict[str, dict[str, Any]] = {
-            b: {"requests": 0, "share": 0.0, "cost_usd": 0.0} for b in BACKENDS
-        }
-        by_status: dict[str, int] = {}
-        fallbacks = 0
-        cost = 0.0
-        for backend, status, count, fell_back, cost_usd in rows:
-            entry = by_backend.setdefault(
-                backend or "none", {"requests": 0, "share": 0.0, "cost_usd": 0.0}
-            )
-            entry["requests"] += int(count)
-            entry["cost_usd"] += float(cost_usd or 0.0)
-            by_status[status] = by_status.get(status, 0) + int(count)
-            fallbacks += int(fell_back or 0)
-            cost += float(cost_usd or 0.0)
-        for entry in by_backend.values():
-            entry["share"] = entry["requests"] / total if total else 0.0
-        return {
-            "start": start.isoformat(),
-            "end": end.isoformat(),
-            "requests": total,
-            "by_backend": by_backend,
-            "by_status": by_status,
-            "fallbacks": fallbacks,
-            "fallback_rate": fallbacks / total if total else 0.0,
-            "cost_usd": cost,
-        }
+        return _json(stats)
 
     # -- /usage ---------------------------------------------------------------------------
 
@@ -386,22 +309,23 @@ class Operations:
           '200':
             description: >-
               {days, start, end, group_by, totals, groups: {KEY: figures}, savings}
-              (state.analytics.usage_report)
+              (state.reporting.usage.usage_of_last_days)
           '400': {description: bad days or group_by}
         """
         try:
             days, group_by = _usage_params(request)
             services = await self._services()
-            now = services.clock()
-            today = calendar_windows(now, services)["today"][0]
-            start = (today - timedelta(days=days - 1)).replace(hour=0)
-            end = max(now, start + timedelta(microseconds=1))
-            report = await usage_report(
-                services.ledger, services.settings, services.catalog, start, end, group_by
+            report = await usage_of_last_days(
+                services.ledger,
+                services.settings,
+                services.catalog,
+                services.clock(),
+                days,
+                group_by,
             )
         except Exception as exc:
             return _error(exc)
-        return _json({"days": days, **report})
+        return _json(report)
 
     # -- /budget --------------------------------------------------------------------------
 
@@ -463,9 +387,9 @@ class Operations:
                     "PUT /budget/user/<name> or /budget/team/<name>",
                     param="scope",
                 )
-            if not 1 <= len(key) <= _MAX_NAME_CHARS:
+            if not 1 <= len(key) <= NAME_MAX_CHARS:
                 raise GatewayRequestError(
-                    f"the {scope}'s name must be 1 to {_MAX_NAME_CHARS} characters", param="key"
+                    f"the {scope}'s name must be 1 to {NAME_MAX_CHARS} characters", param="key"
                 )
             daily, monthly = _budget_body(await request.body())
             services = await self._services()
@@ -502,9 +426,10 @@ class Operations:
         """
         try:
             services = await self._services()
-            await self._metrics.refresh_budgets(
+            windows = await every_budget_status(
                 services.budgets, services.ledger, services.settings
             )
+            self._metrics.set_budgets(windows)
         except Exception as exc:
             # the request counters are still worth serving
             logger.warning("metrics: could not refresh the budget gauges (%s)", type(exc).__name__)
@@ -541,9 +466,9 @@ def _names(request: Request) -> tuple[str | None, str | None]:
     who = caller(request)
     if who is None:
         for name, value in (("user", asked_user), ("team", asked_team)):
-            if value is not None and len(value) > _MAX_NAME_CHARS:
+            if value is not None and len(value) > NAME_MAX_CHARS:
                 raise GatewayRequestError(
-                    f"'{name}' must be at most {_MAX_NAME_CHARS} characters", param=name
+                    f"'{name}' must be at most {NAME_MAX_CHARS} characters", param=name
                 )
         return asked_user, asked_team
     if asked_user not in (None, who.user) or asked_team not in (None, who.team):
