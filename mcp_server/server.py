@@ -16,13 +16,10 @@ built on the first tool call, never at import: ``python -m mcp_server`` or
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import timedelta
 from typing import Annotated, Any, Literal, cast
 
 import anyio
@@ -33,20 +30,14 @@ from pydantic import Field, ValidationError
 from typing_extensions import TypedDict
 
 from graphs.router import graph
-from mcp_server.advice import (
-    Advice,
-    Estimate,
-    advice_text,
-    advise,
-    chat_messages,
-    estimate,
-    estimate_text,
-    usd,
-)
-from state.analytics import GroupBy, usage_report
+from nodes.cost_estimate import estimate
 from state.context import Context, Services, close_default_services, default_services
 from state.errors import RouterError
-from state.schemas import Backend, CostPriority, RouterInput, Routing, Usage
+from state.reporting.advice import Advice, advice_text, cost_advice
+from state.reporting.estimates import Estimate, estimate_text
+from state.reporting.money import usd
+from state.reporting.usage import GroupBy, UsageStats, usage_stats
+from state.schemas import Backend, ChatMessage, CostPriority, RouterInput, Routing, Usage
 
 logger = logging.getLogger(__name__)
 
@@ -71,22 +62,18 @@ class InvokeResult(TypedDict):
     cost_usd: float
 
 
-class UsageStats(TypedDict):
-    """What ``get_usage_stats`` answers: ``usage_report`` over the range plus the budgets."""
-
-    days: int
-    start: str
-    end: str
-    group_by: GroupBy
-    totals: dict[str, Any]
-    groups: dict[str, dict[str, Any]]
-    savings: dict[str, Any]
-    budgets: list[dict[str, Any]]
-
-
 Days = Annotated[
     int, Field(ge=1, le=366, description="How many days back from now the report covers.")
 ]
+
+
+def chat_messages(prompt: str, system: str | None = None) -> list[ChatMessage]:
+    """Return the chat messages of a prompt and an optional system message."""
+    messages: list[ChatMessage] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": prompt})
+    return messages
 
 
 def _result(structured: Any, text: str) -> CallToolResult:
@@ -108,43 +95,26 @@ class RouterTools:
         """Keep the factory; nothing is built until the first tool call.
 
         Args:
-            services: Returns the services the tools run on.
+            services: Returns the services the tools run on; it is asked on every
+                tool call, so it keeps what it builds (``default_services`` builds
+                once per event loop).
         """
         self._factory = services
-        self._built: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Services] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary()
-        )
 
     async def services(self) -> Services:
-        """Return the services for the running event loop, built on first use.
+        """Return the services the tools run on.
 
         Raises:
             ToolError: The configuration is invalid (e.g. a malformed GPU_ENDPOINTS).
         """
-        loop = asyncio.get_running_loop()
-        built = self._built.get(loop)
-        if built is not None:
-            return built
-        async with self._locks.setdefault(loop, asyncio.Lock()):
-            built = self._built.get(loop)
-            if built is None:
-                try:
-                    built = await self._factory()
-                except ValidationError as error:
-                    problems = "; ".join(
-                        f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
-                        for e in error.errors(include_input=False, include_url=False)
-                    )
-                    raise ToolError(f"configuration error: {problems}") from error
-                self._built[loop] = built
-        return built
-
-    def forget(self) -> None:
-        """Drop the running loop's services (after they were closed)."""
-        self._built.pop(asyncio.get_running_loop(), None)
+        try:
+            return await self._factory()
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+                for e in error.errors(include_input=False, include_url=False)
+            )
+            raise ToolError(f"configuration error: {problems}") from error
 
     async def invoke_serverless(
         self,
@@ -271,26 +241,15 @@ class RouterTools:
         budget's limit, spend, holds and reset time.
         """
         services = await self.services()
-        end = services.clock()
-        report = await usage_report(
+        result = await usage_stats(
             services.ledger,
+            services.budgets,
             services.settings,
             services.catalog,
-            end - timedelta(days=days),
-            end,
+            services.clock(),
+            days,
             group_by,
         )
-        budgets = await services.budgets.status()
-        result: UsageStats = {
-            "days": days,
-            "start": report["start"],
-            "end": report["end"],
-            "group_by": group_by,
-            "totals": report["totals"],
-            "groups": report["groups"],
-            "savings": report["savings"],
-            "budgets": budgets,
-        }
         return _result(result, _usage_text(result))
 
     async def optimize_costs(self, days: Days = 7) -> Annotated[CallToolResult, Advice]:
@@ -302,14 +261,13 @@ class RouterTools:
         suggestion carries the numbers it used and its estimated monthly saving.
         """
         services = await self.services()
-        end = services.clock()
-        start = end - timedelta(days=days)
-        args = (services.ledger, services.settings, services.catalog, start, end)
-        by_backend = await usage_report(*args, "backend")
-        by_model = await usage_report(*args, "model")
-        budgets = await services.budgets.status()
-        advice = advise(
-            by_backend, by_model, budgets, services.settings, services.catalog, end, days
+        advice = await cost_advice(
+            services.ledger,
+            services.budgets,
+            services.settings,
+            services.catalog,
+            services.clock(),
+            days,
         )
         return _result(advice, advice_text(advice))
 
@@ -348,10 +306,11 @@ def build_server(services: ServicesFactory | None = None) -> MCPServer[None]:
     """Build the MCP server with its four tools.
 
     Args:
-        services: Returns the services the tools run on; called on the first
-            tool call (once per event loop). Defaults to the process default
-            (``state.context.default_services``), which the server closes when
-            it stops; services from another factory are the caller's to close.
+        services: Returns the services the tools run on; asked on every tool
+            call, never before the first. Defaults to the process default
+            (``state.context.default_services``, built once per event loop),
+            which the server closes when it stops; services from another
+            factory are the caller's to keep and to close.
 
     Returns:
         The server; ``.run("stdio")`` serves it, ``mcp.Client(server)`` connects in-process.
@@ -367,7 +326,6 @@ def build_server(services: ServicesFactory | None = None) -> MCPServer[None]:
             if owns_default:
                 with anyio.CancelScope(shield=True):
                     await close_default_services()
-                    tools.forget()
 
     server: MCPServer[None] = MCPServer(
         "hybrid-router",

@@ -13,9 +13,10 @@ from typing import Any
 from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
-from mcp_server.advice import advice_text, advise, estimate
-from state.analytics import usage_report
+from nodes.cost_estimate import estimate
 from state.context import Context, Services, resolve_services
+from state.reporting.advice import advice_text, advise
+from state.reporting.usage import usage_report
 from state.schemas import ChatState
 
 DEFAULT_DAYS = 7

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from state.analytics import usage_report
 from state.ledger import UsageRecord
+from state.reporting.usage import usage_report
 from tests.conftest import Harness
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
