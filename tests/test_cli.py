@@ -117,4 +117,8 @@ def test_migrate_brings_a_fresh_database_to_head(tmp_path: Path):
         tables = {row[0] for row in db.execute("select name from sqlite_master where type='table'")}
         (version,) = db.execute("select version_num from alembic_version").fetchone()
     assert {"usage_records", "budget_counters", "reservations", "budgets", "alerts"} <= tables
-    assert version == "0001"
+    from alembic.script import ScriptDirectory
+
+    from state.migrate import alembic_config
+
+    assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()
