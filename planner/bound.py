@@ -87,10 +87,13 @@ class BoundIndex:
         self.total = float(value_usd.sum())
         arrival, value, work = arrival_s[absorbable], value_usd[absorbable], work_s[absorbable]
         density = np.divide(value, work, out=np.full(value.size, np.inf), where=work > 0)
+        # rank by price density once (high first); each window length then sorts one integer key
+        rank = np.empty(value.size, dtype=np.int64)
+        rank[np.argsort(-density)] = np.arange(value.size)
         self._sorted: list[_Sorted] = []
         for length in windows_s:
             window = np.floor(arrival / length).astype(np.int64)
-            order = np.lexsort((-density, window))
+            order = np.argsort(window * max(value.size, 1) + rank)
             w, v, win = work[order], value[order], window[order]
             starts = np.flatnonzero(np.r_[True, win[1:] != win[:-1]]) if win.size else np.array([])
             ends = np.r_[starts[1:], win.size].astype(np.int64)

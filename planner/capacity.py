@@ -43,6 +43,7 @@ replayed one request at a time on a binary heap of slot-free times.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import time
 from collections import deque
@@ -139,6 +140,10 @@ class PoolOutcome:
     chunks_replayed: int
     seconds: float
 
+    def _timed(self, started: float) -> PoolOutcome:
+        self.seconds = time.perf_counter() - started
+        return self
+
 
 def simulate_pool(
     arrival: FloatArray,
@@ -167,13 +172,35 @@ def simulate_pool(
         max_wait_s: The latency target for ``overflow``.
     """
     started = time.perf_counter()
+    collecting = gc.isenabled()
+    gc.disable()  # the replay makes millions of short-lived tuples and no cycles
+    try:
+        return _simulate(
+            arrival, hold_s, ttft_idle_s, on_free, on_busy, slots, queue_limit, overflow, max_wait_s
+        )._timed(started)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _simulate(
+    arrival: FloatArray,
+    hold_s: FloatArray,
+    ttft_idle_s: FloatArray,
+    on_free: BoolArray,
+    on_busy: BoolArray,
+    slots: int,
+    queue_limit: int | None,
+    overflow: bool,
+    max_wait_s: float,
+) -> PoolOutcome:
     n = arrival.size
     on_gpu = np.zeros(n, dtype=bool)
     wait = np.zeros(n)
     if np.any(on_busy & ~on_free):
         raise ValueError("a policy may not send a request to a busy pool it would skip when free")
     if slots <= 0 or n == 0:
-        return PoolOutcome(on_gpu, wait, 0.0, 0, 0, time.perf_counter() - started)
+        return PoolOutcome(on_gpu, wait, 0.0, 0, 0, 0.0)
     want = np.flatnonzero(on_free)
     free = np.zeros(slots)  # slot-free times, kept sorted between chunks
     pending: deque[float] = deque()  # start times of queued requests, nondecreasing
@@ -219,4 +246,4 @@ def simulate_pool(
             wait[idx[j]] = start - aj
             sojourn = max(sojourn, start - aj + hj)
         free = np.sort(np.asarray(heap))
-    return PoolOutcome(on_gpu, wait, sojourn, fast, slow, time.perf_counter() - started)
+    return PoolOutcome(on_gpu, wait, sojourn, fast, slow, 0.0)
