@@ -191,6 +191,8 @@ def plan(
         sl_cost = float(value[on_sl].sum()) * factor
         gpu_cost = n * config.hourly_usd * month_hours
         floor, _ = index.serverless_floor(n, pool.max_sojourn_s)
+        # requests no backend may serve cost this run nothing: the bound drops their price
+        floor = max(floor - float(value[table.refused].sum()), 0.0)
         bound = gpu_cost + floor * factor
         run = Run(
             policy=policy,

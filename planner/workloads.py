@@ -19,7 +19,8 @@ Traces are JSONL or CSV with the columns ``timestamp`` (epoch seconds or ISO
 or ``auto``). Without a level, the level is the one the router's own scoring
 (``nodes.analyze_complexity``) gives a request known only by its token counts
 (the completion stands in for ``max_tokens``; the text features count as
-absent). A bad line raises :class:`TraceError` naming the file and the line.
+absent). A timestamp without a zone is UTC. A bad line raises
+:class:`TraceError` naming the file and the line.
 """
 
 from __future__ import annotations

@@ -395,3 +395,19 @@ def test_the_simulate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     bad.write_text("timestamp,prompt_tokens,completion_tokens\n1,2,x\n")
     assert planner_cli.run(_parse("--trace", str(bad))) == 2
     assert "bad.csv, line 2" in capsys.readouterr().err
+
+
+def test_a_trace_without_levels_is_scored_by_the_routers_own_weights(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(
+        "timestamp,prompt_tokens,completion_tokens\n"
+        "2026-01-05T09:00:00,10,20\n"
+        "2026-01-05T09:00:03,3000,4096\n"
+        "2026-01-05T08:59:59,10,20\n"
+    )
+    w = load_trace(path, catalog=CATALOG)
+    # prompt length (0.25) plus requested output (0.15) reach medium, never high, by tokens alone
+    assert w.level.tolist() == [0, 0, 1]
+    assert w.tier.tolist() == [1, 1, 2]
+    assert w.arrival_s.tolist() == [0.0, 1.0, 4.0]  # sorted by time
+    assert w.duration_s == 3600.0
