@@ -7,7 +7,7 @@ only picks the period and the report, and writes the tables.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from langchain_core.messages import AIMessage
@@ -17,9 +17,8 @@ from nodes.cost_estimate import estimate
 from state.context import Context, Services, resolve_services
 from state.reporting.advice import advice_text, advise
 from state.reporting.usage import usage_report
+from state.reporting.windows import named_period
 from state.schemas import ChatState
-
-DEFAULT_DAYS = 7
 
 
 def usd(amount: float) -> str:
@@ -28,25 +27,9 @@ def usd(amount: float) -> str:
 
 
 def period_range(params: dict[str, Any], now: datetime) -> tuple[datetime, datetime, str]:
-    """Turn "last 7 days", "yesterday", "this month"... into ``[start, end)`` and a label."""
-    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    week = day - timedelta(days=day.weekday())
-    month = day.replace(day=1)
-    period = params.get("period")
-    if period == "today":
-        return day, now, "today"
-    if period == "yesterday":
-        return day - timedelta(days=1), day, "yesterday"
-    if period == "this week":
-        return week, now, "this week"
-    if period == "last week":
-        return week - timedelta(days=7), week, "last week"
-    if period == "this month":
-        return month, now, "this month"
-    if period == "last month":
-        return (month - timedelta(days=1)).replace(day=1), month, "last month"
-    days = int(params.get("days") or DEFAULT_DAYS)
-    return now - timedelta(days=days), now, f"the last {days} day{'s' if days != 1 else ''}"
+    """Turn the message's period ("last 7 days", "yesterday", "this month") into a range."""
+    assert now.tzinfo is not None
+    return named_period(now, now.tzinfo, period=params.get("period"), days=params.get("days"))
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

@@ -7,13 +7,15 @@ serverless takes the attempt; over budget, that step moves it to the GPU pool.
 from __future__ import annotations
 
 import zlib
-from typing import Literal
+from typing import Any, Literal
 
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
+from nodes.generation import cached_answer
 from state.context import Context, Services, resolve_services
 from state.errors import NoBackendAvailableError
+from state.response_cache import cache_key
 from state.schemas import Backend, RouterState
 
 
@@ -101,9 +103,18 @@ def needs_budget_check(backend: Backend) -> Literal["check_budget", "generate_gp
 
 async def choose_backend(
     state: RouterState, runtime: Runtime[Context]
-) -> Command[Literal["check_budget", "generate_gpu"]]:
-    """Choose the first backend to try, and go to the budget check or straight to the GPU."""
+) -> Command[Literal["check_budget", "generate_gpu", "track_usage"]]:
+    """Choose the first backend to try, and go to the budget check or straight to the GPU.
+
+    An identical deterministic request answered before is served from the
+    response cache instead, at no cost, straight to ``track_usage``.
+    """
     services = await resolve_services(runtime.context)
+    key = cache_key(state, services.settings)
+    if key is not None:
+        entry = await services.cache.get(key)
+        if entry is not None:
+            return Command(goto="track_usage", update=cached_answer(state, entry))
     services.gpu_pool.ensure_probing()
     allowed, why_not = allowed_backends(state, services)
     claim = None
@@ -115,10 +126,12 @@ async def choose_backend(
         backend, reason = ("gpu" if claim.backend == "gpu" else "serverless"), claim.reason
     else:
         backend, reason = decide_backend(state, services, allowed, why_not)
-    update = {
+    update: dict[str, Any] = {
         "backend": backend,
         "backend_reason": reason,
         "allowed_backends": allowed,
         "decisions": {"choose_backend": {"backend": backend, "reason": reason, "allowed": allowed}},
     }
+    if key is not None or state.get("cache_key") is not None:
+        update["cache_key"] = key  # track_usage keeps the answer under it
     return Command(goto=needs_budget_check(backend), update=update)

@@ -252,6 +252,55 @@ def success_update(
     }
 
 
+def cache_entry(state: RouterState, answered: Attempt) -> dict[str, Any]:
+    """Return what the response cache keeps of a successful answer."""
+    completion = state.get("completion") or {}
+    usage = state["usage"]
+    return {
+        "backend": answered["backend"],
+        "model": answered["model"],
+        "message": state["response"],
+        "finish_reason": completion.get("finish_reason"),
+        "system_fingerprint": completion.get("system_fingerprint"),
+        "prompt_tokens": usage["prompt_tokens"],
+        "completion_tokens": usage["completion_tokens"],
+    }
+
+
+def cached_answer(state: RouterState, entry: dict[str, Any]) -> dict[str, Any]:
+    """Return the state update of an answer served from the response cache."""
+    result = ChatResult(
+        message=entry["message"],
+        finish_reason=entry.get("finish_reason"),
+        prompt_tokens=int(entry["prompt_tokens"]),
+        completion_tokens=int(entry["completion_tokens"]),
+        model=entry["model"],
+        latency_s=0.0,
+        system_fingerprint=entry.get("system_fingerprint"),
+    )
+    backend: Backend = "gpu" if entry["backend"] == "gpu" else "serverless"
+    message = answer_message(backend, entry["model"], result, message_id(state))
+    if state.get("stream"):
+        # the gateway streams what it gets on the custom stream: the whole answer at once
+        delta = {
+            k: entry["message"][k] for k in ("content", "tool_calls") if entry["message"].get(k)
+        }
+        get_stream_writer()(
+            {
+                "event": "delta",
+                "backend": backend,
+                "delta": delta,
+                "logprobs": None,
+                "system_fingerprint": result.system_fingerprint,
+            }
+        )
+    update = success_update(backend, entry["model"], result, message, cache_hit=True)
+    reason = f"answered from the response cache ({entry['model']} on {backend})"
+    update.update(backend=backend, backend_reason=reason)
+    update["decisions"] = {"choose_backend": {"backend": backend, "reason": reason}}
+    return update
+
+
 def failed_attempt(
     backend: Backend, model: str, error: BackendError, endpoint: str | None = None
 ) -> Attempt:

@@ -14,6 +14,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from nodes.generation import cache_entry
 from state.context import Context, Services, resolve_services
 from state.errors import AllBackendsFailedError, BackendRejectedError
 from state.ledger import UsageRecord
@@ -39,8 +40,8 @@ def request_cost(
     services: Services, answered: Attempt | None, usage: Usage | None
 ) -> tuple[float, float]:
     """Return the request's cost in USD and the GPU-seconds it used."""
-    if answered is None or usage is None:
-        return 0.0, 0.0
+    if answered is None or usage is None or answered.get("cache_hit"):
+        return 0.0, 0.0  # a cached answer costs nothing
     if answered["backend"] == "serverless":
         model = services.catalog.by_id[answered["model"]]
         return model.cost_usd(usage["prompt_tokens"], usage["completion_tokens"]), 0.0
@@ -93,11 +94,15 @@ async def track_usage(state: RouterState, runtime: Runtime[Context]) -> dict[str
         complexity_level=complexity["level"],
         fallbacks=len(failures) if answered else max(len(failures) - 1, 0),
         error="; ".join(f"{a['backend']}: {a['error']}" for a in failures) or None,
+        cache_hit=bool(answered and answered.get("cache_hit")),
     )
     # only a serverless answer spends the serverless budget; anything else releases the hold
     serverless_cost = cost if answered and answered["backend"] == "serverless" else 0.0
     crossings = await services.reservations.settle(state.get("reservation"), serverless_cost, row)
     services.alerts.notify(crossings)
+    key = state.get("cache_key")
+    if key is not None and answered is not None and not answered.get("cache_hit"):
+        await services.cache.put(key, cache_entry(state, answered))
     if answered is None:
         raise rejected(attempts) or AllBackendsFailedError([dict(a) for a in attempts])
     routing: Routing = {
@@ -114,5 +119,5 @@ async def track_usage(state: RouterState, runtime: Runtime[Context]) -> dict[str
         "decisions": {"track_usage": {"cost_usd": cost, "status": "ok", "reason": reason}},
     }
     # a thread's next run starts from the defaults, not from this run's options
-    update.update({key: None for key in RUN_OPTIONS if state.get(key) is not None})
+    update.update({name: None for name in RUN_OPTIONS if state.get(name) is not None})
     return update

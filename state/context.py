@@ -31,6 +31,7 @@ from state.budgets import BudgetBook
 from state.ledger import Ledger, build_engine
 from state.overrides import RoutingOverrides
 from state.reservations import Reservations
+from state.response_cache import ResponseCache, build_cache
 from state.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class Services:
     budgets: BudgetBook
     reservations: Reservations
     overrides: RoutingOverrides
+    cache: ResponseCache
     alerts: AlertNotifier
     clock: Callable[[], datetime] = utc_now
     emulated: bool = False
@@ -64,6 +66,7 @@ class Services:
         await self.alerts.drain()
         await self.gpu_pool.aclose()
         await self.http.aclose()
+        await self.cache.aclose()
         await self.ledger.aclose()
         if self._exit_stack is not None:
             await self._exit_stack.aclose()
@@ -157,6 +160,7 @@ async def build_services(
         budgets=budgets,
         reservations=Reservations(budgets, ledger, settings.budget_estimate_margin),
         overrides=RoutingOverrides(ledger, clock),
+        cache=build_cache(settings, ledger),
         alerts=AlertNotifier(http, settings.alert_webhook_url, ledger),
         clock=clock,
         emulated=emulated,

@@ -25,17 +25,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Connection,
     DateTime,
     Engine,
     Float,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
     create_engine,
     event,
+    false,
     insert,
     select,
 )
@@ -81,6 +84,7 @@ class UsageRecord(Base):
     complexity_level: Mapped[str | None] = mapped_column(String(8))
     fallbacks: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    cache_hit: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class BudgetCounter(Base):
@@ -145,6 +149,16 @@ class Alert(Base):
     delivered: Mapped[str] = mapped_column(String(12), default="pending")
 
 
+class CachedResponse(Base):
+    """An answer the response cache serves again until ``expires_at`` (Unix seconds)."""
+
+    __tablename__ = "response_cache"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
 class RoutingOverride(Base):
     """A standing routing instruction, e.g. "the next 10 requests go to the GPU pool".
 
@@ -172,8 +186,11 @@ INSERT_USAGE = insert(UsageRecord)
 
 
 def usage_values(row: UsageRecord) -> dict[str, Any]:
-    """Return a usage row's column values for an insert."""
-    return {c.key: getattr(row, c.key) for c in _USAGE_COLUMNS}
+    """Return a usage row's column values for an insert (a value left unset takes its default)."""
+    values = {c.key: getattr(row, c.key) for c in _USAGE_COLUMNS}
+    if values.get("cache_hit") is None:
+        values["cache_hit"] = False
+    return values
 
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:

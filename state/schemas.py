@@ -100,6 +100,7 @@ class Attempt(TypedDict, total=False):
     status_code: int | None
     endpoint: str | None
     client_error: dict[str, Any] | None
+    cache_hit: bool
 
 
 class Usage(TypedDict):
@@ -231,6 +232,7 @@ class RouterState(RouterInput, total=False):
     backend: Backend
     backend_reason: str
     allowed_backends: list[Backend]
+    cache_key: str | None
     attempts: Annotated[list[Attempt], add_attempts]
     response: dict[str, Any]
     completion: Completion

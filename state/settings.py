@@ -29,8 +29,9 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, core_schema
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from state.ledger import NAME_MAX_CHARS
+
 DEFAULT_DATABASE_URL = "sqlite:///./data/router.db"
-_MAX_NAME_CHARS = 128  # the ledger's ``user`` and ``team`` columns
 _REDACTED = "**********"
 
 OverBudgetPolicy = Literal["gpu", "downgrade", "reject"]
@@ -105,7 +106,7 @@ class RouterApiKeys:
         fix = (
             "; give comma-separated key:user[:team] entries, e.g. "
             "ROUTER_API_KEYS=<key1>:alice:search,<key2>:bob (a key holds no ':', ',' "
-            "or spaces; names are 1 to 128 characters)"
+            f"or spaces; names are 1 to {NAME_MAX_CHARS} characters)"
         )
         for number, entry in enumerate(present, start=1):
             where = f"ROUTER_API_KEYS entry {number} of {len(present)}"
@@ -119,7 +120,7 @@ class RouterApiKeys:
             if not key or any(c.isspace() for c in key):
                 raise _keys_error(f"{where} has an empty key or a key with spaces{fix}")
             for label, name in (("user", user), ("team", team)):
-                if name is not None and not 1 <= len(name) <= _MAX_NAME_CHARS:
+                if name is not None and not 1 <= len(name) <= NAME_MAX_CHARS:
                     raise _keys_error(f"{where} has an empty or over-long {label} name{fix}")
             if key in positions:
                 raise _keys_error(
@@ -286,6 +287,28 @@ class Settings(BaseSettings):
     )
     gpu_health_interval_s: float = Field(
         default=5.0, gt=0.0, description="Seconds between health and load probes of the pool."
+    )
+    response_cache_ttl_s: float = Field(
+        default=3600.0,
+        ge=0.0,
+        description="Seconds a cached answer is served again (0 turns the response cache off). "
+        "Only requests with temperature 0 and no tools are cached.",
+    )
+    response_cache_shared: bool = Field(
+        default=False,
+        description="True: one user's cached answer may serve another user's identical request.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL (redis://host:6379/0) for the response cache; unset: the ledger's "
+        "database holds it.",
+    )
+    gpu_kv_cache_busy: float = Field(
+        default=0.9,
+        ge=0.0,
+        le=1.0,
+        description="KV-cache usage (vLLM's kv_cache_usage_perc, 0..1) above which a GPU "
+        "endpoint counts as busy.",
     )
     default_max_tokens: int = Field(
         default=1024,

@@ -84,3 +84,43 @@ def as_utc(moment: datetime) -> datetime:
 def local_date(moment: datetime, zone: tzinfo) -> date:
     """Return the local calendar day in ``zone`` of a ledger timestamp."""
     return as_utc(moment).astimezone(zone).date()
+
+
+def _midnight(day: date, zone: tzinfo) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=zone)
+
+
+def named_period(
+    now: datetime, zone: tzinfo, *, period: str | None = None, days: int | None = None
+) -> tuple[datetime, datetime, str]:
+    """Return the bounds and a label of a period people name, in ``zone``.
+
+    Args:
+        now: An aware moment.
+        zone: The budgets' time zone.
+        period: ``today``, ``yesterday``, ``this week``, ``last week`` (weeks start
+            on Monday), ``this month`` or ``last month``; None for ``days``.
+        days: The last ``days`` times 24 hours (7 when neither is given).
+
+    Returns:
+        ``(start, end, label)``, local and aware.
+    """
+    windows = calendar_windows(now, zone)
+    today = windows.day_start.date()
+    monday = _midnight(today - timedelta(days=today.weekday()), zone)
+    if period == "today":
+        return windows.day_start, now, "today"
+    if period == "yesterday":
+        return _midnight(today - timedelta(days=1), zone), windows.day_start, "yesterday"
+    if period == "this week":
+        return monday, now, "this week"
+    if period == "last week":
+        return _midnight(monday.date() - timedelta(days=7), zone), monday, "last week"
+    if period == "this month":
+        return windows.month_start, now, "this month"
+    if period == "last month":
+        previous = calendar_windows(windows.month_start - timedelta(hours=1), zone)
+        return previous.month_start, windows.month_start, "last month"
+    count = days or 7
+    start, end = trailing_days(now, count)
+    return start, end, f"the last {count} day{'s' if count != 1 else ''}"

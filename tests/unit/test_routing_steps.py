@@ -44,6 +44,9 @@ class FakePool:
     def ensure_probing(self) -> None:
         pass
 
+    async def ensure_probed(self) -> None:
+        pass
+
 
 class FakeReservations:
     def __init__(self, refuse: bool = False) -> None:
@@ -78,6 +81,14 @@ class FakeOverrides:
         return self.claimed
 
 
+class FakeCache:
+    async def get(self, key: str) -> None:
+        return None
+
+    async def put(self, key: str, answer: Any) -> None:
+        pass
+
+
 class FakeAlerts:
     def notify(self, crossings: Any) -> None:
         pass
@@ -95,6 +106,7 @@ def runtime(**settings: Any) -> Runtime[Context]:
         budgets=None,  # type: ignore[arg-type]
         reservations=extra.get("reservations", FakeReservations()),  # type: ignore[arg-type]
         overrides=extra.get("overrides", FakeOverrides()),  # type: ignore[arg-type]
+        cache=FakeCache(),  # type: ignore[arg-type]
         alerts=FakeAlerts(),  # type: ignore[arg-type]
         clock=lambda: NOW,
     )
