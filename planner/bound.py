@@ -31,6 +31,11 @@ GPU-second first, up to ``n * (L + D)``, the last one in part. That is "in each
 slice the GPUs absorb, up to their capacity, the work that costs most per
 GPU-second on serverless, and only the rest pays serverless prices".
 
+The bound counts money only: it may absorb on the pool a request that a
+policy sends to serverless for a better model tier (the router does so for
+complex requests), so part of such a policy's distance from it is the price of
+that quality, not a loss to capacity.
+
 The bound holds for every window length ``L``, so the planner takes the best
 (largest) over a few lengths. A policy that lets requests wait for hours has a
 large ``D`` and a weak bound; :mod:`planner.simulate` computes each run's bound

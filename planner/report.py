@@ -68,7 +68,9 @@ def markdown(plan: Plan) -> str:
     lines += [
         "",
         "*bound*: the least any policy could pay with that many GPUs if its GPU requests finish "
-        "as soon as this run's did (hindsight, fractional; planner/bound.py).",
+        "as soon as this run's did (hindsight, fractional; planner/bound.py). It counts money "
+        "only: it may put on a GPU a complex request that the router sends to a better "
+        "serverless model, so part of the router's distance from it is the price of quality.",
         "",
         "Lower bound for setups that meet the latency target: "
         + ", ".join(f"{n} GPUs {_usd(v)}" for n, v in plan.target_bound_usd.items())

@@ -177,7 +177,8 @@ def synthetic(spec: SyntheticSpec | None = None, catalog: Catalog | None = None)
         start=start,
         model_ids=tuple(catalog.ids()),
         description=(
-            f"synthetic: {spec.days} days from {spec.start} ({spec.timezone}), "
+            f"synthetic: {spec.days} day{'s' if spec.days != 1 else ''} from {spec.start} "
+            f"({spec.timezone}), "
             f"{spec.peak_rps:g} req/s on weekdays {first:02d}:00-{last:02d}:00, "
             f"{spec.offpeak_rps:g} req/s on weekday nights, {spec.weekend_rps:g} req/s at "
             f"weekends; {spec.complex_share:.0%} complex, seed {spec.seed}"
