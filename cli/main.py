@@ -14,6 +14,7 @@ from langchain_core.messages import convert_to_openai_messages
 from pydantic import ValidationError
 from sqlalchemy import make_url
 
+from planner import cli as planner_cli
 from state.errors import BadRequestError, RouterError
 from state.schemas import RouterInput
 
@@ -72,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     emulate.add_argument("--api-key", help="require this bearer key")
     emulate.add_argument("--name", default="emulator", help="name shown in answers")
     emulate.add_argument("--seed", type=int, help="seed of the failure draw")
+    planner_cli.add_commands(commands)
     return parser
 
 
@@ -138,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     try:
+        if args.command == "simulate":
+            return planner_cli.run(args)
         if args.command == "emulate":
             _emulate(args)
             return 0

@@ -56,7 +56,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import orjson
@@ -78,14 +78,13 @@ from gateway.openai_format import (
     completion_body,
     cost_header,
     error_body,
-    error_event,
     models_body,
     parse_chat_request,
 )
 from gateway.ops import Operations, ServicesProvider
+from gateway.streaming import StreamRun, sse_events
 from graphs.router import graph
 from state.context import Context, close_default_services, default_services
-from state.errors import RouterError
 from state.schemas import Backend
 from state.settings import RouterApiKeys, get_settings
 
@@ -104,88 +103,6 @@ _OUTPUT_KEYS = [k for k in graph.output_channels if k not in ("messages", "decis
 # Streams also need each backend's model, to name it before the answer is done.
 _STREAM_KEYS = [*_OUTPUT_KEYS, "candidates"]
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-# Background drains of interrupted streams (a reference keeps each task alive).
-_draining: set[asyncio.Task[None]] = set()
-
-
-class StreamInterruptedError(RouterError):
-    """The streaming backend failed after sending tokens and another one took over."""
-
-    status_code = 502
-    code = "stream_interrupted"
-
-    def __init__(self, first: str, second: str) -> None:
-        """Name the backend that broke off and the one that took over."""
-        super().__init__(
-            f"the {first} backend failed after part of the answer was streamed, and the "
-            f"router fell back to {second}, whose answer cannot be appended to it; "
-            "the answer above is incomplete: send the request again"
-        )
-
-
-_END = object()
-
-
-class _StreamRun:
-    """One streaming graph run, driven by a task of its own.
-
-    The task (the pump) moves the graph's events into a queue; the response
-    reads them from there. A client that goes away cancels only the reader, so
-    the run can finish without a listener (:meth:`detach`): its reservation is
-    settled and its ledger row written.
-    """
-
-    __slots__ = ("values", "events", "_queue", "_pump", "_request_id")
-
-    def __init__(self, source: AsyncIterator[tuple[str, Any]]) -> None:
-        self.values: Mapping[str, Any] = {}
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._request_id: str | None = None
-        self._pump = asyncio.create_task(self._run(source))
-        self.events = self._read()
-
-    async def _run(self, source: AsyncIterator[tuple[str, Any]]) -> None:
-        try:
-            async for item in source:
-                if self._request_id is None:
-                    self._queue.put_nowait(item)
-        except Exception as exc:
-            if self._request_id is not None:
-                logger.warning("stream %s ended with %r", self._request_id, exc)
-            self._queue.put_nowait(exc)
-        else:
-            self._queue.put_nowait(_END)
-
-    async def _read(self) -> AsyncIterator[tuple[str, Any]]:
-        while True:
-            item = await self._queue.get()
-            if item is _END:
-                return
-            if isinstance(item, Exception):
-                raise item
-            yield item
-
-    async def first_delta(self) -> dict[str, Any] | None:
-        """Advance to the answer's first delta (text or tool call); None at the end."""
-        async for mode, payload in self.events:
-            if mode == "custom":
-                if isinstance(payload, dict) and payload.get("event") == "delta":
-                    return payload
-            elif mode == "values":
-                self.values = payload
-        return None
-
-    async def aclose(self) -> None:
-        """Stop the run (it cancels the graph's tasks if it is still going)."""
-        self._pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._pump
-
-    def detach(self, request_id: str) -> None:
-        """Let the run finish with nobody listening (failures are logged)."""
-        self._request_id = request_id
-        _draining.add(self._pump)
-        self._pump.add_done_callback(_draining.discard)
 
 
 class Gateway:
@@ -314,7 +231,7 @@ class Gateway:
             stream_mode=_STREAM_MODES,  # type: ignore[arg-type]
             output_keys=_STREAM_KEYS,
         )
-        run = _StreamRun(cast(AsyncIterator[tuple[str, Any]], events))
+        run = StreamRun(cast(AsyncIterator[tuple[str, Any]], events))
         try:
             first = await run.first_delta()
         except BaseException:
@@ -353,7 +270,9 @@ class Gateway:
                 metrics.observe_error(outcome, latency, backend=backend, model=model, status=status)
 
         return StreamingResponse(
-            _events(run, writer, backend, first, parsed.include_usage, request_id, on_end=on_end),
+            sse_events(
+                run, writer, backend, first, parsed.include_usage, request_id, on_end=on_end
+            ),
             media_type=_SSE,
             headers=headers,
         )
@@ -400,67 +319,6 @@ class Gateway:
             }
             self._models = models
         return self._models, self._model_objects
-
-
-StreamEnd = Callable[[BaseException | None, str | None], None]
-"""Told how a stream ended: None (answered), or the error (and a status label)."""
-
-
-class _ClientClosed(Exception):
-    """The client went away before the stream's end (for the metrics only)."""
-
-
-async def _events(
-    run: _StreamRun,
-    writer: ChunkWriter,
-    backend: str,
-    first: dict[str, Any],
-    include_usage: bool,
-    request_id: str,
-    *,
-    on_end: StreamEnd | None = None,
-) -> AsyncIterator[bytes]:
-    """Yield the SSE events of a stream whose first token has arrived."""
-    drained = False
-    ended = False
-
-    def end(outcome: BaseException | None, status: str | None = None) -> None:
-        nonlocal ended
-        ended = True
-        if on_end is not None:
-            on_end(outcome, status)
-
-    try:
-        yield writer.role() + writer.delta(first)
-        try:
-            async for mode, payload in run.events:
-                if mode == "custom":
-                    if isinstance(payload, dict) and payload.get("event") == "delta":
-                        if payload["backend"] != backend:
-                            # A fallback after partial output: it cannot be spliced on.
-                            interrupted = StreamInterruptedError(backend, payload["backend"])
-                            end(interrupted)
-                            yield error_event(interrupted, request_id)
-                            run.detach(request_id)
-                            drained = True
-                            return
-                        yield writer.delta(payload)
-                elif mode == "values":
-                    run.values = payload
-        except Exception as exc:
-            end(exc)
-            yield error_event(exc, request_id)
-            return
-        end(None)
-        yield writer.end(run.values, include_usage)
-    finally:
-        if not ended:
-            end(_ClientClosed(), "cancelled")
-            # The client went away: the run still finishes, so its reservation is
-            # settled and its ledger row written (the tokens are paid for anyway).
-            run.detach(request_id)
-        elif not drained:
-            await run.aclose()
 
 
 def _error_response(exc: Exception, request_id: str) -> Response:

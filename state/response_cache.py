@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 from sqlalchemy import select
@@ -47,6 +47,7 @@ def cache_key(request: Mapping[str, Any], settings: Settings) -> str | None:
     return hashlib.sha256(orjson.dumps(shaped, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+@runtime_checkable
 class ResponseCache(Protocol):
     """Where cached answers live."""
 

@@ -20,8 +20,8 @@ import orjson
 import pytest
 
 from backends.catalog import get_catalog
-from gateway.app import _draining, _events, _StreamRun
 from gateway.openai_format import ChunkWriter
+from gateway.streaming import StreamRun, draining, sse_events
 from state.context import Services
 from tests.conftest import TEST_KEY, Gateway, Harness, StartGateway
 
@@ -335,18 +335,18 @@ async def test_fallback_after_partial_output_ends_the_stream_and_lets_the_run_fi
         yield "values", {"routing": {"backend": "serverless"}, "cost_usd": 0.001}
         finished.set()
 
-    run = _StreamRun(run_events())
+    run = StreamRun(run_events())
     first = await run.first_delta()
     assert first is not None and first["delta"] == {"content": "Hel"}
     writer = ChunkWriter("r1", "llama3.1-8b-instruct")
-    body = b"".join([part async for part in _events(run, writer, "gpu", first, True, "r1")])
+    body = b"".join([part async for part in sse_events(run, writer, "gpu", first, True, "r1")])
     events = body.decode().split("\n\n")
     contents = [orjson.loads(e[6:])["choices"][0]["delta"].get("content") for e in events[:3]]
     assert contents == ["", "Hel", "lo"]
     error = orjson.loads(events[3].removeprefix("data: "))["error"]
     assert error["code"] == "stream_interrupted" and "fell back to serverless" in error["message"]
     assert events[4:] == ["data: [DONE]", ""]
-    await asyncio.gather(*_draining)
+    await asyncio.gather(*draining)
     assert finished.is_set()  # drained: the graph reaches its ledger row
 
 
