@@ -84,9 +84,10 @@ from gateway.openai_format import (
 from gateway.ops import Operations, ServicesProvider
 from gateway.streaming import StreamRun, sse_events
 from graphs.router import graph
+from state.api_keys import RouterApiKeys
 from state.context import Context, close_default_services, default_services
 from state.schemas import Backend
-from state.settings import RouterApiKeys, get_settings
+from state.settings import get_settings
 
 logger = logging.getLogger(__name__)
 

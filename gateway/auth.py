@@ -39,8 +39,9 @@ from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.openai_format import error_body
+from state.api_keys import ApiKeyIdentity, RouterApiKeys
 from state.errors import RouterError
-from state.settings import ApiKeyIdentity, RouterApiKeys, get_settings
+from state.settings import get_settings
 
 KeysProvider = Callable[[], Awaitable[RouterApiKeys]]
 

@@ -19,11 +19,11 @@ from typing import Any
 import orjson
 
 from backends.catalog import Catalog
+from state.api_keys import ApiKeyIdentity
 from state.chat_fields import ROUTER_FIELDS, check_params
 from state.errors import BadRequestError, BudgetExceededError, RouterError
 from state.ledger import NAME_MAX_CHARS
 from state.schemas import BACKENDS, RouterInput
-from state.settings import ApiKeyIdentity
 
 logger = logging.getLogger(__name__)
 
