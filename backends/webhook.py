@@ -1,95 +1,44 @@
-"""Budget alerts to a Slack-compatible webhook, retried with backoff, never in the way.
+"""POST a JSON payload to a webhook (Slack-compatible), retried with backoff.
 
-Delivery runs in a background task: a slow or failing webhook never blocks or
-fails a request. Each alert row records whether its message was delivered.
+A backend client like the others: it talks to one server and knows nothing of
+the ledger. What to send and what to record of it is :mod:`state.alerts`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from typing import Any
 
 import httpx
 from pydantic import SecretStr
-from sqlalchemy import update
-
-from state.budgets import Crossing
-from state.ledger import Alert, Ledger
 
 logger = logging.getLogger(__name__)
 
 RETRY_DELAYS_S = (0.5, 2.0, 8.0)
 
 
-def alert_text(crossing: Crossing) -> str:
-    """Say what was crossed, for people."""
-    owner = "global" if crossing.scope == "global" else f"{crossing.scope} {crossing.scope_key}"
-    period = "daily" if crossing.period == "day" else "monthly"
-    return (
-        f":warning: hybrid-router: {owner} {period} serverless budget at "
-        f"{crossing.threshold:.0%} (${crossing.spent_usd:.2f} of ${crossing.limit_usd:.2f}, "
-        f"window {crossing.window_key})"
-    )
+async def post_with_retries(
+    http: httpx.AsyncClient,
+    url: SecretStr,
+    body: dict[str, Any],
+    delays: tuple[float, ...] = RETRY_DELAYS_S,
+) -> bool:
+    """POST ``body`` to ``url`` until it answers 2xx, waiting ``delays`` between tries.
 
-
-class AlertNotifier:
-    """Posts alerts to ``ALERT_WEBHOOK_URL`` in the background."""
-
-    def __init__(self, http: httpx.AsyncClient, url: SecretStr | None, ledger: Ledger) -> None:
-        """Keep the client, the (secret) URL and the ledger for delivery status."""
-        self.http = http
-        self._url = url
-        self.ledger = ledger
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def notify(self, crossings: Iterable[Crossing]) -> None:
-        """Start delivering each alert; return at once."""
-        for crossing in crossings:
-            logger.warning("%s", alert_text(crossing))
-            task = asyncio.get_running_loop().create_task(self._deliver(crossing))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _deliver(self, crossing: Crossing) -> None:
-        status = "no_webhook"
-        if self._url is not None:
-            status = "failed"
-            body = {
-                "text": alert_text(crossing),
-                "scope": crossing.scope,
-                "key": crossing.scope_key,
-                "period": crossing.period,
-                "window": crossing.window_key,
-                "threshold": crossing.threshold,
-                "spent_usd": round(crossing.spent_usd, 6),
-                "limit_usd": crossing.limit_usd,
-            }
-            for attempt, delay in enumerate((0.0, *RETRY_DELAYS_S)):
-                if delay:
-                    await asyncio.sleep(delay)
-                try:
-                    response = await self.http.post(
-                        self._url.get_secret_value(), json=body, timeout=10.0
-                    )
-                except httpx.HTTPError as exc:
-                    logger.warning(
-                        "alert webhook attempt %d failed: %s", attempt + 1, type(exc).__name__
-                    )
-                    continue
-                if response.status_code < 300:
-                    status = "sent"
-                    break
-                logger.warning(
-                    "alert webhook attempt %d: HTTP %d", attempt + 1, response.status_code
-                )
+    Returns:
+        Whether the webhook accepted it. The URL (a secret: it holds the
+        webhook's token) is never logged.
+    """
+    for attempt, delay in enumerate((0.0, *delays)):
+        if delay:
+            await asyncio.sleep(delay)
         try:
-            mark = update(Alert).where(Alert.id == crossing.alert_id).values(delivered=status)
-            await self.ledger.write(lambda conn: conn.execute(mark).rowcount)
-        except Exception:  # noqa: BLE001 - bookkeeping of a notification must never raise
-            logger.exception("could not record the delivery of alert %s", crossing.alert_id)
-
-    async def drain(self) -> None:
-        """Wait for deliveries in flight (tests, shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            response = await http.post(url.get_secret_value(), json=body, timeout=10.0)
+        except httpx.HTTPError as exc:
+            logger.warning("webhook attempt %d failed: %s", attempt + 1, type(exc).__name__)
+            continue
+        if response.status_code < 300:
+            return True
+        logger.warning("webhook attempt %d: HTTP %d", attempt + 1, response.status_code)
+    return False

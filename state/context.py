@@ -26,7 +26,7 @@ from backends.catalog import Catalog, get_catalog
 from backends.gpu_pool import GpuPool
 from backends.openai_compat import OpenAICompatClient
 from backends.tokens import warm_tokenizer
-from backends.webhook import AlertNotifier
+from state.alerts import AlertNotifier
 from state.budgets import BudgetBook
 from state.ledger import Ledger, build_engine
 from state.overrides import RoutingOverrides

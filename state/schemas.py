@@ -18,9 +18,9 @@ from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
 from typing_extensions import TypedDict
 
+from backends.catalog import Backend
 from state.errors import BadRequestError
 
-Backend = Literal["serverless", "gpu"]
 CostPriority = Literal["low_cost", "balanced", "performance", "latency_critical"]
 ComplexityLevel = Literal["low", "medium", "high"]
 AttemptStatus = Literal["ok", "failed"]
