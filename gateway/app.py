@@ -68,18 +68,17 @@ from starlette.routing import Mount, Route
 
 from backends.catalog import get_catalog
 from gateway.auth import ApiKeyMiddleware, caller
+from gateway.chat_request import ChatRequest, parse_chat_request
 from gateway.dashboard import create_dashboard
 from gateway.http_errors import ModelNotFoundError, v1_fallback_routes
 from gateway.limits import BodyLimitMiddleware
 from gateway.metrics import RouterMetrics
 from gateway.openai_format import (
-    ChatRequest,
     ChunkWriter,
     completion_body,
     cost_header,
     error_body,
     models_body,
-    parse_chat_request,
 )
 from gateway.ops import Operations, ServicesProvider
 from gateway.streaming import StreamRun, sse_events

@@ -1,10 +1,10 @@
-"""The OpenAI chat-completions wire format: requests in, answers, chunks and errors out.
+"""The OpenAI chat-completions wire format, outward: answers, chunks and errors.
 
-Pure functions and small byte templates, no I/O: :func:`parse_chat_request`
-turns an OpenAI request body into the router graph's input;
-:func:`completion_body`, :class:`ChunkWriter` and :func:`error_payload` shape
-what goes back. Everything is (de)serialized with orjson, and the per-token
-stream chunk is assembled from byte templates built once per stream.
+Pure functions and small byte templates, no I/O: :func:`completion_body`,
+:class:`ChunkWriter` and :func:`error_payload` shape what goes back
+(:mod:`gateway.chat_request` reads what comes in). Everything is (de)serialized
+with orjson, and the per-token stream chunk is assembled from byte templates
+built once per stream.
 """
 
 from __future__ import annotations
@@ -12,201 +12,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from backends.catalog import Catalog
-from state.api_keys import ApiKeyIdentity
-from state.chat_fields import ROUTER_FIELDS, check_params
-from state.errors import BadRequestError, BudgetExceededError, RouterError
-from state.ledger import NAME_MAX_CHARS
-from state.schemas import BACKENDS, RouterInput
+from state.errors import BudgetExceededError, RouterError
+from state.schemas import BACKENDS
 
 logger = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
 AUTO_MODEL = "auto"
-_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-
-
-class GatewayRequestError(BadRequestError):
-    """A request the gateway refuses before the graph runs; names the offending field."""
-
-    def __init__(
-        self, message: str, *, param: str | None = None, code: str = "invalid_value"
-    ) -> None:
-        """Keep the message, the field (``param``) and the OpenAI error code."""
-        super().__init__(message)
-        self.param = param
-        self.code = code
-
-
-@dataclass(slots=True)
-class ChatRequest:
-    """A parsed chat-completions request."""
-
-    graph_input: RouterInput
-    stream: bool
-    include_usage: bool
-
-
-def _positive_int(body: Mapping[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise GatewayRequestError(
-            f"'{name}' must be a positive integer (the most output tokens to generate), "
-            f"got {value!r:.40}",
-            param=name,
-        )
-    return value
-
-
-def _optional_bool(body: Mapping[str, Any], name: str, param: str | None = None) -> bool:
-    value = body.get(name)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise GatewayRequestError(
-            f"'{param or name}' must be true or false, got {value!r:.40}", param=param or name
-        )
-    return value
-
-
-def _name(body: Mapping[str, Any], name: str) -> str | None:
-    value = body.get(name)
-    if value is not None and (not isinstance(value, str) or len(value) > NAME_MAX_CHARS):
-        raise GatewayRequestError(
-            f"'{name}' must be a string of at most {NAME_MAX_CHARS} characters", param=name
-        )
-    return value
-
-
-def parse_chat_request(
-    raw: bytes, request_id: str, caller: ApiKeyIdentity | None = None
-) -> ChatRequest:
-    """Turn an OpenAI chat-completions body into the router graph's input.
-
-    The envelope is checked here (JSON object, message roles, ``n``,
-    ``stream``, token limits, ``user``, ``team``) and the routing hints by the
-    graph's ``analyze_complexity`` node. Every other field (``tools``,
-    ``response_format``, ``stop``, ``seed``, ``logprobs``, ...) goes to the
-    backend unchanged in ``params``; the few no backend can honour are refused
-    (:mod:`state.chat_fields`).
-
-    Args:
-        raw: The request body.
-        request_id: The id the gateway gave this request (ledger row, response id).
-        caller: Who the request's API key belongs to, when authentication is on: its
-            user and team replace the body's ``user`` and ``team``.
-
-    Returns:
-        The graph input and how to answer (streaming, usage chunk).
-
-    Raises:
-        GatewayRequestError: The body is not a JSON object, or a field is malformed.
-    """
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise GatewayRequestError(
-            f"the request body is not valid JSON ({exc}); send a JSON object such as "
-            '{"model": "auto", "messages": [{"role": "user", "content": "Hello!"}]}',
-            code="invalid_json",
-        ) from None
-    if not isinstance(body, dict):
-        raise GatewayRequestError(
-            f"the request body must be a JSON object, got a JSON {type(body).__name__}; send "
-            '{"model": "auto", "messages": [{"role": "user", "content": "Hello!"}]}',
-            code="invalid_json",
-        )
-    if "messages" not in body:
-        raise GatewayRequestError(
-            "'messages' is required: a non-empty list such as "
-            '[{"role": "user", "content": "Hello!"}]',
-            param="messages",
-            code="missing_required_parameter",
-        )
-    n = body.get("n")
-    if n is not None and n != 1:
-        if isinstance(n, int) and not isinstance(n, bool) and n > 1:
-            raise GatewayRequestError(
-                f"n={n} is not supported: the router returns one choice per request; "
-                "send n=1 or leave it out, and send several requests for several answers",
-                param="n",
-                code="unsupported_value",
-            )
-        raise GatewayRequestError(f"'n' must be 1, got {n!r:.40}", param="n")
-
-    stream = _optional_bool(body, "stream")
-    include_usage = False
-    options = body.get("stream_options")
-    if options is not None:
-        if not isinstance(options, dict):
-            raise GatewayRequestError(
-                "'stream_options' must be an object like {\"include_usage\": true}",
-                param="stream_options",
-            )
-        include_usage = _optional_bool(options, "include_usage", "stream_options.include_usage")
-
-    messages = body["messages"]
-    if not isinstance(messages, list) or not messages:
-        raise GatewayRequestError(
-            '\'messages\' must be a non-empty list such as [{"role": "user", "content": "Hello!"}]',
-            param="messages",
-            code="invalid_request",
-        )
-    for index, message in enumerate(messages):
-        role = message.get("role") if isinstance(message, dict) else None
-        if role not in _ROLES:
-            raise GatewayRequestError(
-                f"messages[{index}] must be an object whose 'role' is one of "
-                f"{', '.join(sorted(_ROLES))}, got {role if role is not None else message!r:.60}",
-                param=f"messages[{index}].role",
-                code="invalid_request",
-            )
-    graph_input: RouterInput = {"messages": messages, "request_id": request_id}
-    limits = [
-        value
-        for value in (
-            _positive_int(body, "max_tokens"),
-            _positive_int(body, "max_completion_tokens"),
-        )
-        if value is not None
-    ]
-    if limits:
-        graph_input["max_tokens"] = min(limits)
-    model = body.get("model")
-    if model is not None:
-        if not isinstance(model, str):
-            raise GatewayRequestError(
-                f"'model' must be a model id string or 'auto', got {model!r:.40}", param="model"
-            )
-        graph_input["model"] = model
-    user, team = _name(body, "user"), _name(body, "team")
-    if caller is not None:
-        user, team = caller.user, caller.team
-    if user is not None:
-        graph_input["user"] = user
-    if team is not None:
-        graph_input["team"] = team
-    # Checked by the graph, which names the allowed values.
-    for key in ("temperature", "cost_priority", "force_backend"):
-        value = body.get(key)
-        if value is not None:
-            graph_input[key] = value
-    # Every other field goes to the backend as it is (``state.chat_fields``).
-    params = {k: v for k, v in body.items() if k not in ROUTER_FIELDS and v is not None}
-    if params:
-        check_params(params)
-        graph_input["params"] = params  # type: ignore[typeddict-item]
-    if stream:
-        graph_input["stream"] = True
-    return ChatRequest(graph_input=graph_input, stream=stream, include_usage=include_usage)
 
 
 def routing_object(result: Mapping[str, Any]) -> dict[str, Any]:

@@ -40,8 +40,9 @@ from starlette.responses import Response
 
 from backends.gpu_pool import GpuEndpoint, GpuPool
 from gateway.auth import PermissionDeniedError, caller
+from gateway.chat_request import GatewayRequestError
 from gateway.metrics import RouterMetrics
-from gateway.openai_format import GatewayRequestError, error_body
+from gateway.openai_format import error_body
 from state.context import Services
 from state.ledger import NAME_MAX_CHARS
 from state.reporting.budget_status import every_budget_status

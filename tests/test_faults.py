@@ -1,4 +1,4 @@
-"""Backends misbehaving on cue: every request falls back or fails typed, is charged once, has one row.
+"""Backends misbehaving on cue: each request falls back or fails typed, charged once, one row.
 
 The serverless emulator misbehaves; the GPU emulator is fine. Each request is
 sent to serverless first (a budget hold is taken), so each case also proves
