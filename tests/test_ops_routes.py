@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 
 from emulator.server import _EmbeddedServer
 from gateway.app import create_app
-from gateway.ops import public_url
+from gateway.health import public_url
 from state.context import Services
 from tests.conftest import TEST_KEY, Harness
 

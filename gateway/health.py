@@ -1,0 +1,225 @@
+"""``GET /health``: each backend's and each GPU endpoint's state, checked now.
+
+200 when at least one backend is up, else 503. Open without an API key;
+endpoint URLs (credentials and query stripped) are shown only to callers with
+a valid key, or to everyone when authentication is off. The serverless API is
+asked for its ``/models`` (the key is sent there and nowhere else); the GPU
+pool is probed again when its figures are older than its probe interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from backends.gpu_pool import GpuEndpoint, GpuPool
+from gateway.auth import caller
+from state.context import Services
+
+logger = logging.getLogger(__name__)
+
+SERVERLESS_TIMEOUT_S = 2.0
+"""Timeout of the health check's ``GET {LAMBDA_API_BASE}/models``."""
+PROBE_TIMEOUT_S = 2.5
+"""How long ``/health`` waits for a fresh probe of the GPU pool."""
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def public_url(url: str) -> str:
+    """Return ``url`` without credentials, query or fragment (safe to show).
+
+    Args:
+        url: A backend's base URL.
+
+    Returns:
+        ``scheme://host[:port]/path``.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+class HealthCheck:
+    """Checks the backends for ``GET /health``; one pool probe at a time."""
+
+    def __init__(self, services: Callable[[], Awaitable[Services]]) -> None:
+        """Bind the provider of the router's services."""
+        self._services = services
+        self._probes: weakref.WeakKeyDictionary[GpuPool, asyncio.Task[None]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def answer(self, request: Request) -> Response:
+        """Answer ``GET /health``: every backend's and GPU endpoint's state.
+
+        Responses:
+          '200':
+            description: >-
+              at least one backend is up. {status: ok|degraded, checked_at, backends:
+              {serverless: {status: up|down|disabled, latency_ms, models, error},
+              gpu: {status, endpoints_up, latency_ms, load, capacity, endpoints: [{endpoint,
+              status: up|down|cooling|unknown, latency_ms, running, waiting, in_flight,
+              load, capacity, last_probe_age_s, error}]}}}
+          '503': {description: no backend is up (same body, status down)}
+        """
+        try:
+            services = await self._services()
+        except Exception:
+            logger.exception("health check: the router's services could not be built")
+            return _json(
+                {
+                    "status": "down",
+                    "error": "the router's services could not be built; see the server log",
+                },
+                503,
+            )
+        show_urls = not services.settings.router_api_keys or caller(request) is not None
+        serverless, gpu = await asyncio.gather(
+            self._serverless_health(services, show_urls),
+            self._gpu_health(services, show_urls),
+        )
+        states = [serverless["status"], gpu["status"]]
+        enabled = [s for s in states if s != "disabled"]
+        up = [s for s in states if s == "up"]
+        status = "ok" if up and len(up) == len(enabled) else "degraded" if up else "down"
+        body = {
+            "status": status,
+            "checked_at": services.clock().isoformat(),
+            "backends": {"serverless": serverless, "gpu": gpu},
+        }
+        return _json(body, 200 if up else 503)
+
+    async def _serverless_health(self, services: Services, show_urls: bool) -> dict[str, Any]:
+        settings = services.settings
+        if services.serverless is None or settings.disable_lambda_labs:
+            reason = (
+                "DISABLE_LAMBDA_LABS is set"
+                if settings.disable_lambda_labs
+                else "no LAMBDA_API_KEY is configured"
+            )
+            return {"status": "disabled", "reason": reason}
+        base = settings.lambda_api_base
+        entry: dict[str, Any] = {"url": public_url(base)} if show_urls else {}
+        key = settings.lambda_api_key
+        headers = {"authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+        started = time.perf_counter()
+        try:
+            response = await services.http.get(
+                f"{base}/models", headers=headers, timeout=httpx.Timeout(SERVERLESS_TIMEOUT_S)
+            )
+        except httpx.HTTPError as exc:
+            latency = (time.perf_counter() - started) * 1000
+            return {
+                **entry,
+                "status": "down",
+                "latency_ms": round(latency, 3),
+                "error": f"GET /models failed: {type(exc).__name__}",
+            }
+        latency = (time.perf_counter() - started) * 1000
+        entry.update(latency_ms=round(latency, 3))
+        if response.status_code != 200:
+            return {
+                **entry,
+                "status": "down",
+                "error": f"GET /models answered HTTP {response.status_code}",
+            }
+        try:
+            models: int | None = len(orjson.loads(response.content).get("data") or [])
+        except (orjson.JSONDecodeError, AttributeError, TypeError):
+            models = None
+        return {**entry, "status": "up", "models": models, "error": None}
+
+    async def _fresh_probe(self, pool: GpuPool) -> float:
+        """Probe the pool when its data is older than the probe interval.
+
+        Returns:
+            The ``time.monotonic()`` before which a probe result counts as stale
+            (its endpoints' probes did not finish in time).
+        """
+        now = time.monotonic()
+        if all(now - e.last_probe <= pool.probe_interval_s for e in pool.endpoints):
+            return 0.0
+        task = self._probes.get(pool)
+        if task is None or task.done():
+            # One probe at a time, shared by concurrent health checks; a timeout
+            # leaves it running (shielded) to update the pool when it finishes.
+            task = asyncio.ensure_future(pool.probe())
+            self._probes[pool] = task
+        try:
+            await asyncio.wait_for(asyncio.shield(task), PROBE_TIMEOUT_S)
+        except TimeoutError:
+            return now
+        return 0.0
+
+    async def _gpu_health(self, services: Services, show_urls: bool) -> dict[str, Any]:
+        pool = services.gpu_pool
+        if not pool:
+            return {"status": "disabled", "reason": "no GPU_ENDPOINTS are configured"}
+        stale_before = await self._fresh_probe(pool)
+        now = time.monotonic()
+        endpoints = [
+            self._endpoint(i, e, pool, now, stale_before, show_urls)
+            for i, e in enumerate(pool.endpoints)
+        ]
+        up = [e for e in endpoints if e["status"] == "up"]
+        latencies = [e["latency_ms"] for e in up if e["latency_ms"] is not None]
+        return {
+            "status": "up" if up else "down",
+            "endpoints_up": len(up),
+            "latency_ms": min(latencies) if latencies else None,
+            "load": sum(e["load"] for e in endpoints),
+            "capacity": pool.concurrency_per_endpoint * len(endpoints),
+            "endpoints": endpoints,
+        }
+
+    @staticmethod
+    def _endpoint(
+        index: int,
+        endpoint: GpuEndpoint,
+        pool: GpuPool,
+        now: float,
+        stale_before: float,
+        show_urls: bool,
+    ) -> dict[str, Any]:
+        error = endpoint.last_error
+        if stale_before and endpoint.last_probe < stale_before:
+            status, error = "down", f"health probe timed out after {PROBE_TIMEOUT_S:g} s"
+        elif endpoint.healthy is None:
+            status = "unknown"
+        elif not endpoint.healthy:
+            status = "down"
+        elif now < endpoint.cooling_until:
+            status = "cooling"
+        else:
+            status, error = "up", None
+        entry: dict[str, Any] = {"endpoint": index}
+        if show_urls:
+            entry["url"] = public_url(endpoint.url)
+        entry.update(
+            status=status,
+            latency_ms=round(endpoint.latency_ms, 3) if endpoint.latency_ms is not None else None,
+            running=endpoint.running,
+            waiting=endpoint.waiting,
+            in_flight=endpoint.in_flight,
+            load=endpoint.load(),
+            capacity=pool.concurrency_per_endpoint,
+            last_probe_age_s=round(now - endpoint.last_probe, 3) if endpoint.last_probe else None,
+            error=error,
+        )
+        return entry
