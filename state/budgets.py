@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,6 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from state.budget_types import BudgetWindow, Crossing, Held, Refused
 from state.ledger import (
     INSERT_USAGE,
     Alert,
@@ -38,6 +38,8 @@ from state.ledger import (
 )
 from state.reporting.windows import calendar_windows
 from state.settings import Settings
+
+__all__ = ["ALERT_THRESHOLDS", "BudgetBook", "BudgetWindow", "Crossing", "Held", "Refused"]
 
 ALERT_THRESHOLDS = (0.8, 1.0)
 # Sums of floats drift by a few ulps; a nano-dollar of slack keeps an exact fit a fit.
@@ -90,69 +92,6 @@ _RELEASE_COUNTER = (
     .where(BudgetCounter.id == bindparam("c_id"))
     .values(reserved_usd=BudgetCounter.reserved_usd - bindparam("amount"))
 )
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetWindow:
-    """One budget in its current calendar window."""
-
-    scope: str  # global | user | team
-    scope_key: str
-    period: str  # day | month
-    window_key: str
-    limit_usd: float
-    resets_at: datetime
-
-    def label(self) -> str:
-        """Name the budget for people, e.g. "daily budget of user alice"."""
-        what = "daily" if self.period == "day" else "monthly"
-        owner = "" if self.scope == "global" else f" of {self.scope} {self.scope_key}"
-        return f"{what} budget{owner} (${self.limit_usd:.2f})"
-
-
-@dataclass(frozen=True, slots=True)
-class Held:
-    """A reservation the request holds."""
-
-    reservation_id: str
-    amount_usd: float
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """A reservation that would break a budget."""
-
-    window: BudgetWindow
-    committed_usd: float
-    reserved_usd: float
-    amount_usd: float
-
-    @property
-    def remaining_usd(self) -> float:
-        """Return what the budget still allows."""
-        return max(0.0, self.window.limit_usd - self.committed_usd - self.reserved_usd)
-
-    def reason(self) -> str:
-        """Explain the refusal in one sentence."""
-        return (
-            f"the {self.window.label()} would be exceeded (spent ${self.committed_usd:.4f}, "
-            f"held by requests in flight ${self.reserved_usd:.4f}, this request up to "
-            f"${self.amount_usd:.6f})"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Crossing:
-    """A budget whose committed spend just crossed an alert threshold."""
-
-    alert_id: int
-    scope: str
-    scope_key: str
-    period: str
-    window_key: str
-    threshold: float
-    spent_usd: float
-    limit_usd: float
 
 
 async def _counter_values(conn: AsyncConnection, window: BudgetWindow) -> tuple[float, float]:
