@@ -1,7 +1,7 @@
 """API-key authentication for the gateway's routes and for the LangGraph graph API.
 
 One setting, ``ROUTER_API_KEYS`` (comma-separated ``key:user[:team]``
-entries, :class:`state.settings.RouterApiKeys`), guards both doors:
+entries, :class:`state.api_keys.RouterApiKeys`), guards both doors:
 
 - :class:`ApiKeyMiddleware` wraps the gateway's Starlette app, so every route,
   including sub-apps mounted later (the dashboard at ``/dashboard``), needs
