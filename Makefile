@@ -41,9 +41,13 @@ lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy tests/unit
 
+# Two tiers: unit tests (a node or a function with a fake context, no network:
+# seconds) and integration tests (real HTTP, the LangGraph server, PostgreSQL, Redis).
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q tests/integration
 
 # The benchmarks (BENCHMARKS.md). LiteLLM pins its own openai client, so the
 # comparison runs from a separate virtualenv, .venv-bench, never from .venv.

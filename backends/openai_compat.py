@@ -118,7 +118,7 @@ def _completion_tokens(message: dict[str, Any]) -> int:
 class _StreamedAnswer:
     """The assistant message put back together from streamed deltas."""
 
-    __slots__ = ("content", "refusal", "tool_calls", "logprobs", "extra")
+    __slots__ = ("content", "extra", "logprobs", "refusal", "tool_calls")
 
     def __init__(self) -> None:
         self.content: list[str] = []

@@ -50,7 +50,7 @@ def measure(days: int, policies: tuple[str, ...]) -> tuple[float, float, float]:
     # each run's CPU time counts from the previous run's end; the first one's holds the
     # preparation, less that run's own (wall) time
     prep = cpu[0][0] - cpu[0][1].sim_seconds
-    per_run = [(cpu[0][1].sim_seconds, cpu[0][1])] + cpu[1:]
+    per_run = [(cpu[0][1].sim_seconds, cpu[0][1]), *cpu[1:]]
     in_runs = sum(t for t, _ in per_run)
     n = len(workload)
     print(f"\n{days} day(s): {n:,} requests, generated in {generated:.2f} s")

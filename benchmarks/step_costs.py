@@ -521,7 +521,7 @@ def chain_graph(nodes: int) -> Any:
     for name in names:
         b.add_node(name, _noop)
     b.add_edge(START, names[0])
-    for a, c in zip(names, names[1:], strict=False):
+    for a, c in itertools.pairwise(names):
         b.add_edge(a, c)
     b.add_edge(names[-1], END)
     return b.compile()

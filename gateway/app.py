@@ -90,7 +90,7 @@ from state.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Gateway", "ServicesProvider", "create_app", "app"]
+__all__ = ["Gateway", "ServicesProvider", "app", "create_app"]
 
 _JSON = "application/json"
 _SSE = "text/event-stream"

@@ -213,7 +213,7 @@ def graph_api_routes(services: Callable[[], Awaitable[Services]]) -> list[Route]
         context = Context(services=await services())
         try:
             output = await graph.ainvoke(body["input"], context=context)
-        except Exception as exc:  # noqa: BLE001 - a failed run is reported, as the SDK expects
+        except Exception as exc:
             return _json({"__error__": _error(exc)})
         return _json(output)
 
@@ -252,7 +252,7 @@ def graph_api_routes(services: Callable[[], Awaitable[Services]]) -> list[Route]
                     body["input"], context=context, stream_mode=modes
                 ):
                     yield f"event: {mode}\ndata: ".encode() + _dumps(chunk) + b"\n\n"
-            except Exception as exc:  # noqa: BLE001 - the error becomes an event
+            except Exception as exc:
                 status = "error"
                 yield b"event: error\ndata: " + orjson.dumps(_error(exc)) + b"\n\n"
             if status == "success":

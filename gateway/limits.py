@@ -36,8 +36,8 @@ from state.settings import Settings
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "BodyLimitMiddleware",
     "DEFAULT_MAX_REQUEST_BYTES",
+    "BodyLimitMiddleware",
     "LimitProvider",
     "RequestTooLargeError",
 ]
@@ -76,7 +76,7 @@ def _declared_length(scope: Scope) -> int | None:
 class _CountedBody:
     """The receive and send channels of one request, counting its body."""
 
-    __slots__ = ("_receive", "_send", "_limit", "_request_id", "received", "refused", "_answered")
+    __slots__ = ("_answered", "_limit", "_receive", "_request_id", "_send", "received", "refused")
 
     def __init__(self, receive: Receive, send: Send, limit: int, request_id: str) -> None:
         self._receive = receive

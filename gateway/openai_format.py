@@ -155,7 +155,7 @@ def error_event(exc: BaseException, request_id: str) -> bytes:
 class ChunkWriter:
     """The ``chat.completion.chunk`` events of one stream, from per-stream byte templates."""
 
-    __slots__ = ("_head", "_token_head", "_id", "_created", "_model", "_fingerprint")
+    __slots__ = ("_created", "_fingerprint", "_head", "_id", "_model", "_token_head")
 
     _TOKEN_TAIL = b'},"logprobs":null,"finish_reason":null}]}\n\n'
 

@@ -50,7 +50,7 @@ class StreamRun:
     settled and its ledger row written.
     """
 
-    __slots__ = ("values", "events", "_queue", "_pump", "_request_id")
+    __slots__ = ("_pump", "_queue", "_request_id", "events", "values")
 
     def __init__(self, source: AsyncIterator[tuple[str, Any]]) -> None:
         """Start pumping ``source`` (the graph's stream) into the queue."""

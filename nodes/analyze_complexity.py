@@ -46,7 +46,7 @@ HIGH_THRESHOLD = 0.55
 # only a few regexes whose first character lets the engine skip ahead. Case-
 # insensitive alternations behind a leading ``\b`` cost 0.1-0.2 µs per character
 # each, 1-5 ms per long prompt (BENCHMARKS.md); this reads the same features in
-# a tenth to a half of that. tests/test_nodes.py checks it against the plain
+# a tenth to a half of that. tests/unit/test_nodes.py checks it against the plain
 # regexes.
 _WORD = re.compile(r"\w+")
 _CUES = {
@@ -179,7 +179,7 @@ def _has_code_syntax(text: str) -> bool:
     """Find code syntax; ``def``, ``class`` and the like only at the start of a word."""
     for match in _CODE_SYNTAX.finditer(text):
         start = match.start()
-        if start == 0 or not text[start - 1].isalnum() and text[start - 1] != "_":
+        if start == 0 or (not text[start - 1].isalnum() and text[start - 1] != "_"):
             return True
         if not text.startswith(_CODE_WORD_START, start):
             return True

@@ -41,7 +41,8 @@ INTENTS = (
 )
 
 _WORD = re.compile(r"[a-z0-9]+(?:[.'][a-z0-9]+)*")
-_QUOTED = re.compile(r"[\"'‘“]([^\"'’”]{3,})[\"'’”]")
+# straight and typographic quotes (U+2018, U+2019, U+201C, U+201D)
+_QUOTED = re.compile("[\"'\u2018\u201c]([^\"'\u2019\u201d]{3,})[\"'\u2019\u201d]")
 _NUMBERS = {
     name: value
     for value, name in enumerate(

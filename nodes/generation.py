@@ -121,7 +121,7 @@ def answer_message(backend: Backend, model: str, result: ChatResult, msg_id: str
 class _Listeners:
     """Where this call's deltas go: the custom stream and LangChain callbacks."""
 
-    __slots__ = ("custom", "run", "msg_id", "backend", "sent")
+    __slots__ = ("backend", "custom", "msg_id", "run", "sent")
 
     def __init__(self, backend: Backend, msg_id: str) -> None:
         self.custom: Callable[[Any], None] | None = None

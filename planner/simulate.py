@@ -17,6 +17,7 @@ the serverless spend in proportion, the instances for the whole month.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -264,7 +265,7 @@ def marginal_rule(
     rows: list[MarginalRow] = []
     chosen: int | None = counts[0] if counts else None
     stopped = False
-    for prev, n in zip(counts, counts[1:], strict=False):
+    for prev, n in itertools.pairwise(counts):
         if n != prev + 1:
             break
         absorbed = by_n[prev].serverless_cost_usd - by_n[n].serverless_cost_usd

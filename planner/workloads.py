@@ -116,7 +116,7 @@ def hourly_rates(spec: SyntheticSpec) -> tuple[datetime, FloatArray]:
     zone = ZoneInfo(spec.timezone)
     start = datetime.combine(spec.start, datetime.min.time(), zone).astimezone(UTC)
     end = datetime.combine(spec.start + timedelta(days=spec.days), datetime.min.time(), zone)
-    hours = int(round((end.astimezone(UTC) - start).total_seconds() / 3600))
+    hours = round((end.astimezone(UTC) - start).total_seconds() / 3600)
     first, last = spec.busy_hours
     rates = np.empty(hours)
     for h in range(hours):

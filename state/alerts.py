@@ -70,7 +70,7 @@ class AlertNotifier:
         try:
             mark = update(Alert).where(Alert.id == crossing.alert_id).values(delivered=status)
             await self.ledger.write(lambda conn: conn.execute(mark).rowcount)
-        except Exception:  # noqa: BLE001 - bookkeeping of a notification must never raise
+        except Exception:
             logger.exception("could not record the delivery of alert %s", crossing.alert_id)
 
     async def drain(self) -> None:

@@ -114,8 +114,7 @@ def check_params(params: Mapping[str, Any]) -> None:
     choice = params.get("tool_choice")
     if choice is not None and not (
         choice in _TOOL_CHOICES
-        or isinstance(choice, Mapping)
-        and isinstance(choice.get("function"), Mapping)
+        or (isinstance(choice, Mapping) and isinstance(choice.get("function"), Mapping))
     ):
         raise FieldError(
             "'tool_choice' must be none, auto, required or "
@@ -132,9 +131,7 @@ def check_params(params: Mapping[str, Any]) -> None:
     stop = params.get("stop")
     if stop is not None and not (
         isinstance(stop, str)
-        or isinstance(stop, list)
-        and len(stop) <= 4
-        and all(isinstance(s, str) for s in stop)
+        or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop))
     ):
         raise FieldError("'stop' must be a string or a list of up to 4 strings", param="stop")
     logprobs = params.get("logprobs")

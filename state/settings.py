@@ -21,9 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from state.api_keys import ApiKeyIdentity, RouterApiKeys
-
-__all__ = ["ApiKeyIdentity", "BudgetLimits", "OverBudgetPolicy", "RouterApiKeys", "Settings"]
+from state.api_keys import RouterApiKeys
 
 DEFAULT_DATABASE_URL = "sqlite:///./data/router.db"
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from langgraph.runtime import Runtime
 from langgraph.types import Command
+from pydantic import SecretStr
 
 from backends.catalog import get_catalog
 from backends.errors import BackendError
@@ -40,6 +41,12 @@ class FakePool:
 
     def has_spare_capacity(self, *args: Any, **kwargs: Any) -> bool:
         return self.spare
+
+    def admit(self, *args: Any, **kwargs: Any) -> object | None:
+        return object() if self.spare else None
+
+    def unavailable_reason(self, *args: Any, **kwargs: Any) -> str:
+        return "no GPU endpoint is up"
 
     def ensure_probing(self) -> None:
         pass
@@ -97,15 +104,15 @@ class FakeAlerts:
 def runtime(**settings: Any) -> Runtime[Context]:
     extra = {k: settings.pop(k) for k in ("pool", "reservations", "overrides") if k in settings}
     services = Services(
-        settings=Settings(_env_file=None, lambda_api_key="k", **settings),  # type: ignore[call-arg]
+        settings=Settings(_env_file=None, lambda_api_key=SecretStr("k"), **settings),  # type: ignore[call-arg]
         catalog=CATALOG,
         http=None,  # type: ignore[arg-type]
         serverless=object(),  # type: ignore[arg-type]
-        gpu_pool=extra.get("pool", FakePool()),  # type: ignore[arg-type]
+        gpu_pool=extra.get("pool", FakePool()),
         ledger=None,  # type: ignore[arg-type]
         budgets=None,  # type: ignore[arg-type]
-        reservations=extra.get("reservations", FakeReservations()),  # type: ignore[arg-type]
-        overrides=extra.get("overrides", FakeOverrides()),  # type: ignore[arg-type]
+        reservations=extra.get("reservations", FakeReservations()),
+        overrides=extra.get("overrides", FakeOverrides()),
         cache=FakeCache(),  # type: ignore[arg-type]
         alerts=FakeAlerts(),  # type: ignore[arg-type]
         clock=lambda: NOW,
@@ -125,10 +132,11 @@ HELLO = [{"role": "user", "content": "Hello!"}]
 async def test_a_thread_run_gets_a_fresh_request_id_and_a_new_attempt_list():
     rt = runtime()
     leftover = {"messages": HELLO, "request_id": "old", "last_request_id": "old"}
-    update = await analyze_complexity({**leftover, "response": {"x": 1}}, rt)  # type: ignore[arg-type]
+    update = await analyze_complexity({**leftover, "response": {"x": 1}}, rt)
     assert update["request_id"] not in ("old", None)
-    assert update["attempts"] is None and update["response"] is None
-    mine = await analyze_complexity({**leftover, "request_id": "new"}, rt)  # type: ignore[arg-type]
+    assert update["attempts"] is None
+    assert update["response"] is None
+    mine = await analyze_complexity({**leftover, "request_id": "new"}, rt)
     assert mine["request_id"] == "new"
 
 
@@ -148,14 +156,16 @@ async def test_tools_and_images_narrow_the_models():
 
 async def test_choose_backend_goes_to_the_gpu_or_to_the_budget_check():
     state = await planned({"messages": HELLO}, runtime())
-    to_gpu = await choose_backend(state, runtime())  # type: ignore[arg-type]
-    assert isinstance(to_gpu, Command) and to_gpu.goto == "generate_gpu"
-    forced = await choose_backend({**state, "force_backend": "serverless"}, runtime())  # type: ignore[arg-type]
-    assert forced.goto == "check_budget" and forced.update["backend"] == "serverless"  # type: ignore[index]
+    to_gpu = await choose_backend(state, runtime())
+    assert isinstance(to_gpu, Command)
+    assert to_gpu.goto == "generate_gpu"
+    forced = await choose_backend({**state, "force_backend": "serverless"}, runtime())
+    assert forced.goto == "check_budget"
+    assert forced.update["backend"] == "serverless"
     told = runtime(overrides=FakeOverrides(Claim("serverless", "routing override #1")))
-    overridden = await choose_backend(state, told)  # type: ignore[arg-type]
+    overridden = await choose_backend(state, told)
     assert overridden.goto == "check_budget"
-    assert overridden.update["backend_reason"] == "routing override #1"  # type: ignore[index]
+    assert overridden.update["backend_reason"] == "routing override #1"
 
 
 async def serverless_state(rt: Runtime[Context]) -> dict[str, Any]:
@@ -166,18 +176,20 @@ async def serverless_state(rt: Runtime[Context]) -> dict[str, Any]:
 
 async def test_check_budget_holds_or_applies_the_policy():
     rt = runtime()
-    held = await check_budget(await serverless_state(rt), rt)  # type: ignore[arg-type]
-    assert held.goto == "generate_serverless" and held.update["reservation"]["id"] == "r1"  # type: ignore[index]
+    held = await check_budget(await serverless_state(rt), rt)
+    assert held.goto == "generate_serverless"
+    assert held.update["reservation"]["id"] == "r1"
 
     over = runtime(reservations=FakeReservations(refuse=True), over_budget_policy="gpu")
     state = {**await serverless_state(over), "force_backend": None}
-    moved = await check_budget(state, over)  # type: ignore[arg-type]
-    assert moved.goto == "generate_gpu" and moved.update["backend"] == "gpu"  # type: ignore[index]
-    assert "serverless" not in moved.update["allowed_backends"]  # type: ignore[index]
+    moved = await check_budget(state, over)
+    assert moved.goto == "generate_gpu"
+    assert moved.update["backend"] == "gpu"
+    assert "serverless" not in moved.update["allowed_backends"]
 
     strict = runtime(reservations=FakeReservations(refuse=True), over_budget_policy="reject")
     with pytest.raises(BudgetExceededError, match="daily budget"):
-        await check_budget(await serverless_state(strict), strict)  # type: ignore[arg-type]
+        await check_budget(await serverless_state(strict), strict)
 
 
 def answered(backend: str, model: str) -> dict[str, Any]:
@@ -197,10 +209,12 @@ async def test_track_usage_never_charges_a_gpu_answer_to_the_serverless_hold():
         "started_at": NOW.timestamp(),
         "reservation": {"id": "r1", "amount_usd": 0.01, "model": "llama3.1-8b-instruct"},
     }
-    await track_usage({**state, **answered("gpu", "llama3.1-8b-instruct")}, rt)  # type: ignore[arg-type]
-    await track_usage({**state, **answered("serverless", "llama3.1-8b-instruct")}, rt)  # type: ignore[arg-type]
-    (gpu_hold, gpu_cost, gpu_row), (sl_hold, sl_cost, sl_row) = reservations.settled
-    assert gpu_hold["id"] == "r1" and gpu_cost == 0.0 and gpu_row.cost_usd > 0
+    await track_usage({**state, **answered("gpu", "llama3.1-8b-instruct")}, rt)
+    await track_usage({**state, **answered("serverless", "llama3.1-8b-instruct")}, rt)
+    (gpu_hold, gpu_cost, gpu_row), (_sl_hold, sl_cost, sl_row) = reservations.settled
+    assert gpu_hold["id"] == "r1"
+    assert gpu_cost == 0.0
+    assert gpu_row.cost_usd > 0
     assert sl_cost == pytest.approx(CATALOG.by_id["llama3.1-8b-instruct"].cost_usd(10, 20))
     assert sl_row.cost_usd == sl_cost
 
@@ -215,14 +229,15 @@ async def test_a_client_error_ends_at_track_usage_and_is_raised_as_the_backends_
         status=400,
         body={"message": "bad tool_choice", "param": "tool_choice"},
     )
-    command = fail_over(state, "serverless", failed_attempt("serverless", "m", error), error)  # type: ignore[arg-type]
+    command = fail_over(state, "serverless", failed_attempt("serverless", "m", error), error)
     assert command.goto == "track_usage"  # no fallback for the caller's own mistake
     transient = BackendError("serverless", "m", "HTTP 503", status=503, transient=True)
-    other = fail_over(state, "serverless", failed_attempt("serverless", "m", transient), transient)  # type: ignore[arg-type]
+    other = fail_over(state, "serverless", failed_attempt("serverless", "m", transient), transient)
     assert other.goto == "generate_gpu"
     with pytest.raises(BackendRejectedError) as raised:
         await track_usage(
-            {**state, "started_at": NOW.timestamp(), **command.update},  # type: ignore[dict-item]
+            {**state, "started_at": NOW.timestamp(), **command.update},
             rt,
         )
-    assert raised.value.status_code == 400 and raised.value.param == "tool_choice"
+    assert raised.value.status_code == 400
+    assert raised.value.param == "tool_choice"

@@ -71,7 +71,8 @@ async def test_stdio_server_answers_from_the_graph_and_the_ledger(
             assert set(tools) == TOOLS
             for tool in tools.values():
                 assert tool.input_schema["type"] == "object"
-                assert tool.description and tool.output_schema is not None
+                assert tool.description
+                assert tool.output_schema is not None
             invoke_schema = tools["invoke_serverless"].input_schema
             assert invoke_schema["required"] == ["prompt"]
             assert invoke_schema["properties"]["force_backend"]["default"] == "serverless"
@@ -118,7 +119,9 @@ async def test_stdio_server_answers_from_the_graph_and_the_ledger(
             stats = stats_result.structured_content
             assert stats is not None
             rows = ledger_rows(db)
-            assert len(rows) == 1 and rows[0][0] == "serverless" and rows[0][2] == "ok"
+            assert len(rows) == 1
+            assert rows[0][0] == "serverless"
+            assert rows[0][2] == "ok"
             assert stats["totals"]["requests"] == len(rows)
             assert stats["totals"]["cost_usd"] == pytest.approx(sum(r[1] for r in rows))
             assert stats["totals"]["cost_usd"] == pytest.approx(invoked["cost_usd"])
@@ -155,7 +158,8 @@ async def test_stdio_server_answers_from_the_graph_and_the_ledger(
             unknown = await session.call_tool(
                 "invoke_serverless", {"prompt": "Hi", "model": "gpt-17"}
             )
-            assert unknown.is_error and "'gpt-17' is not in the catalog" in text_of(unknown)
+            assert unknown.is_error
+            assert "'gpt-17' is not in the catalog" in text_of(unknown)
             # the server is still up after the errors
             again = await session.call_tool("estimate_cost", {"prompt": "Hi"})
             assert not again.is_error
@@ -261,9 +265,11 @@ async def test_advice_follows_the_numbers(harness: Harness) -> None:
         rejected = await client.call_tool("optimize_costs", {"days": 0})
     assert not result.is_error, text_of(result)
     advice, report = result.structured_content, stats.structured_content
-    assert advice is not None and report is not None
+    assert advice is not None
+    assert report is not None
     figures = advice["figures"]
-    assert figures["requests"] == 10 and figures["failed"] == 1
+    assert figures["requests"] == 10
+    assert figures["failed"] == 1
     assert figures["serverless_share"] == pytest.approx(1 / 9)
     assert figures["gpu_bill_usd"] == pytest.approx(3 * 1.49 * 48)
     assert figures["gpu_bill_usd"] == pytest.approx(report["savings"]["gpu_bill_usd"])
@@ -289,4 +295,5 @@ async def test_advice_follows_the_numbers(harness: Harness) -> None:
     assert savings == sorted(savings, reverse=True)
     assert advice["best"] == "drop_gpu_pool"  # 3 idle instances cost more than the tokens
 
-    assert rejected.is_error and "days" in text_of(rejected)
+    assert rejected.is_error
+    assert "days" in text_of(rejected)

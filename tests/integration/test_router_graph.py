@@ -61,14 +61,16 @@ async def test_greeting_goes_to_a_small_model(both_up: Harness):
     assert "emulator" in result["response"]["content"]
     assert result["response"]["role"] == "assistant"
     usage = result["usage"]
-    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    assert usage["prompt_tokens"] > 0
+    assert usage["completion_tokens"] > 0
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert [a["status"] for a in routing["attempts"]] == ["ok"]
     rows = await ledger_rows(context)
     assert len(rows) == 1
     row = rows[0]
     assert row.request_id == result["request_id"]
-    assert row.status == "ok" and row.backend == routing["backend"]
+    assert row.status == "ok"
+    assert row.backend == routing["backend"]
     assert row.prompt_tokens == usage["prompt_tokens"]
     assert row.cost_usd == pytest.approx(result["cost_usd"])
 
@@ -89,7 +91,8 @@ async def test_long_analysis_gets_higher_complexity_and_larger_model(both_up: Ha
     expected = catalog.by_id[hard["model"]].cost_usd(
         analysis["usage"]["prompt_tokens"], analysis["usage"]["completion_tokens"]
     )
-    assert analysis["cost_usd"] == pytest.approx(expected) and expected > 0
+    assert analysis["cost_usd"] == pytest.approx(expected)
+    assert expected > 0
 
 
 async def test_serverless_answering_500_falls_back_to_gpu(harness: Harness):
@@ -107,7 +110,9 @@ async def test_serverless_answering_500_falls_back_to_gpu(harness: Harness):
     assert result["routing"]["backend"] == "gpu"
     assert "fell back to gpu" in result["routing"]["reason"]
     (row,) = await ledger_rows(context)
-    assert row.status == "ok" and row.fallbacks == 1 and row.backend == "gpu"
+    assert row.status == "ok"
+    assert row.fallbacks == 1
+    assert row.backend == "gpu"
     # a GPU request pays its share of the instance: GPU-seconds at the hourly price
     settings = context.services.settings
     share = row.gpu_seconds * settings.gpu_hourly_cost_usd / 3600
@@ -158,12 +163,16 @@ async def test_both_down_raises_typed_error_and_records_failure(harness: Harness
 
     error = caught.value
     assert {a["backend"] for a in error.attempts} == {"serverless", "gpu"}
-    assert "502" in error.message and "503" in error.message
+    assert "502" in error.message
+    assert "503" in error.message
     assert error.status_code == 502
     (row,) = await ledger_rows(context)
-    assert row.status == "failed" and row.user == "alice"
-    assert row.cost_usd == 0 and row.backend is None
-    assert "serverless" in row.error and "gpu" in row.error
+    assert row.status == "failed"
+    assert row.user == "alice"
+    assert row.cost_usd == 0
+    assert row.backend is None
+    assert "serverless" in row.error
+    assert "gpu" in row.error
 
 
 async def test_force_backend_is_obeyed(both_up: Harness):
@@ -240,7 +249,7 @@ async def test_explicit_model_is_used_and_checked(both_up: Harness):
 
 
 @pytest.mark.parametrize(
-    "request_body, message",
+    ("request_body", "message"),
     [
         ({"messages": []}, "non-empty list"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, "role"),
@@ -271,7 +280,8 @@ async def test_over_budget_reject_policy_raises_budget_error(both_up: Harness):
     with pytest.raises(BudgetExceededError, match="monthly budget") as caught:
         await graph.ainvoke(ANALYSIS, context=context)
     assert caught.value.remaining_usd == 0.0
-    assert caught.value.resets_at is not None and caught.value.resets_at.endswith("+00:00")
+    assert caught.value.resets_at is not None
+    assert caught.value.resets_at.endswith("+00:00")
 
 
 async def test_spend_in_ledger_counts_against_the_budget(both_up: Harness):
@@ -366,7 +376,8 @@ async def test_each_decision_is_a_step_with_its_decision_in_its_update(both_up: 
         updates.update(update)
     assert steps[2:] == ["choose_backend", "check_budget", "generate_serverless", "track_usage"]
     held = updates["check_budget"]["reservation"]
-    assert held["amount_usd"] > 0 and updates["check_budget"]["budget"]["serverless_allowed"]
+    assert held["amount_usd"] > 0
+    assert updates["check_budget"]["budget"]["serverless_allowed"]
     assert updates["check_budget"]["decisions"]["check_budget"]["budget"]["reason"].startswith(
         "within budget"
     )
@@ -375,7 +386,7 @@ async def test_each_decision_is_a_step_with_its_decision_in_its_update(both_up: 
 async def test_a_budget_refusal_ends_the_run_before_any_backend_step(both_up: Harness):
     context = await both_up.context(over_budget_policy="reject", lambda_daily_budget=0.0)
     steps = []
-    with pytest.raises(BudgetExceededError):
+    with pytest.raises(BudgetExceededError):  # noqa: PT012 - the error ends the loop
         async for update in graph.astream(
             {**ANALYSIS, "force_backend": "serverless"}, context=context, stream_mode="updates"
         ):

@@ -25,7 +25,7 @@ from gateway.streaming import StreamRun, draining, sse_events
 from state.context import Services
 from tests.conftest import TEST_KEY, Gateway, Harness, StartGateway
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HELLO = [{"role": "user", "content": "Hello!"}]
 
 
@@ -55,7 +55,8 @@ async def test_completion_reports_the_routing_that_the_ledger_recorded(gateway: 
     assert completion.usage.prompt_tokens == row.prompt_tokens
     assert completion.usage.completion_tokens == row.completion_tokens
     routing = completion.routing  # our extra field
-    assert routing["backend"] == row.backend and routing["model"] == row.model
+    assert routing["backend"] == row.backend
+    assert routing["model"] == row.model
     assert routing["cost_usd"] == row.cost_usd
     assert routing["complexity"]["level"] == "low"
     assert [a["status"] for a in routing["attempts"]] == ["ok"]
@@ -74,7 +75,8 @@ async def test_serverless_cost_header_equals_the_ledger_cost(gateway: Gateway):
     )
     completion = raw.parse()
     row = await gateway.only_row()
-    assert row.backend == "serverless" and row.model == "llama3.1-70b-instruct-fp8"
+    assert row.backend == "serverless"
+    assert row.model == "llama3.1-70b-instruct-fp8"
     assert_headers_match(raw.headers, row)
     assert row.cost_usd > 0
     assert float(raw.headers["x-router-cost-usd"]) == row.cost_usd
@@ -107,7 +109,8 @@ async def test_stream_with_usage(gateway: Gateway):
     assert_headers_match(stream.response.headers, row)
     assert "x-router-cost-usd" not in stream.response.headers  # in the final chunk instead
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert text == whole.choices[0].message.content and "emulator" in text
+    assert text == whole.choices[0].message.content
+    assert "emulator" in text
     token_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(token_chunks) == row.completion_tokens > 3
     assert all(c.id == f"chatcmpl-{row.request_id}" and c.model == row.model for c in chunks)
@@ -116,7 +119,8 @@ async def test_stream_with_usage(gateway: Gateway):
     assert finals[0].routing["backend"] == row.backend
     assert finals[0].routing["cost_usd"] == row.cost_usd
     usage = [c for c in chunks if not c.choices]
-    assert len(usage) == 1 and chunks[-1] is usage[0]
+    assert len(usage) == 1
+    assert chunks[-1] is usage[0]
     assert usage[0].usage.prompt_tokens == row.prompt_tokens
     assert usage[0].usage.completion_tokens == row.completion_tokens
 
@@ -146,11 +150,13 @@ async def test_stream_events_are_openai_sse(gateway: Gateway):
         )
     assert response.status_code == 200
     events = response.text.split("\n\n")
-    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    assert events[-1] == ""
+    assert events[-2] == "data: [DONE]"
     payloads = [orjson.loads(e.removeprefix("data: ")) for e in events[:-2]]
     assert all(e.startswith("data: ") for e in events[:-1])
     assert all(p["object"] == "chat.completion.chunk" for p in payloads)
-    assert payloads[-1]["choices"] == [] and payloads[-1]["usage"]["total_tokens"] > 0
+    assert payloads[-1]["choices"] == []
+    assert payloads[-1]["usage"]["total_tokens"] > 0
     assert set(payloads[-2]["routing"]) == {
         "backend",
         "model",
@@ -188,7 +194,7 @@ async def test_langchain_max_tokens_is_sent_as_max_completion_tokens(gateway: Ga
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    ("kwargs", "message"),
     [
         ({"messages": []}, "non-empty list"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, "role"),
@@ -207,12 +213,13 @@ async def test_bad_requests_are_400_with_our_message(gateway: Gateway, kwargs, m
     with pytest.raises(openai.BadRequestError, match=message) as caught:
         await gateway.client.chat.completions.create(**kwargs)
     error = caught.value.body
-    assert error["type"] == "invalid_request_error" and "param" in error
+    assert error["type"] == "invalid_request_error"
+    assert "param" in error
     assert await gateway.rows() == []
 
 
 @pytest.mark.parametrize(
-    "body, message",
+    ("body", "message"),
     [
         (b"{not json", "not valid JSON"),
         (b'[{"role": "user"}]', "must be a JSON object"),
@@ -246,7 +253,8 @@ async def test_budget_refusal_is_402_with_remaining_and_reset(
             )
         assert caught.value.status_code == 402
         error = caught.value.body
-        assert error["code"] == "budget_exceeded" and error["type"] == "budget_error"
+        assert error["code"] == "budget_exceeded"
+        assert error["type"] == "budget_error"
         assert error["remaining_usd"] == 0.0
         assert error["resets_at"].endswith("+00:00")
 
@@ -275,7 +283,9 @@ async def test_unexpected_failure_is_500_without_internals(start_gateway: StartG
         await gateway.client.chat.completions.create(model="auto", messages=HELLO)
     assert caught.value.status_code == 500
     text = caught.value.response.text
-    assert "hunter2" not in text and "10.1.2.3" not in text and "RuntimeError" not in text
+    assert "hunter2" not in text
+    assert "10.1.2.3" not in text
+    assert "RuntimeError" not in text
     assert caught.value.body["code"] == "internal_error"
     assert caught.value.response.headers["x-request-id"] in caught.value.body["message"]
 
@@ -293,7 +303,7 @@ async def test_failure_after_tokens_ends_the_stream_with_an_error_event(
         model="auto", messages=HELLO, stream=True, extra_body={"force_backend": "gpu"}
     )
     received: list[Any] = []
-    with pytest.raises(openai.APIError) as caught:
+    with pytest.raises(openai.APIError) as caught:  # noqa: PT012 - the error ends the loop
         async for chunk in stream:
             received.append(chunk)
     assert stream.response.status_code == 200
@@ -337,14 +347,16 @@ async def test_fallback_after_partial_output_ends_the_stream_and_lets_the_run_fi
 
     run = StreamRun(run_events())
     first = await run.first_delta()
-    assert first is not None and first["delta"] == {"content": "Hel"}
+    assert first is not None
+    assert first["delta"] == {"content": "Hel"}
     writer = ChunkWriter("r1", "llama3.1-8b-instruct")
     body = b"".join([part async for part in sse_events(run, writer, "gpu", first, True, "r1")])
     events = body.decode().split("\n\n")
     contents = [orjson.loads(e[6:])["choices"][0]["delta"].get("content") for e in events[:3]]
     assert contents == ["", "Hel", "lo"]
     error = orjson.loads(events[3].removeprefix("data: "))["error"]
-    assert error["code"] == "stream_interrupted" and "fell back to serverless" in error["message"]
+    assert error["code"] == "stream_interrupted"
+    assert "fell back to serverless" in error["message"]
     assert events[4:] == ["data: [DONE]", ""]
     await asyncio.gather(*draining)
     assert finished.is_set()  # drained: the graph reaches its ledger row
@@ -361,8 +373,10 @@ def test_a_stream_without_tokens_still_has_role_finish_usage_and_done():
     events = [orjson.loads(e[6:]) for e in body.split("\n\n")[:3]]
     assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert events[1]["choices"][0]["finish_reason"] == "length"
-    assert events[1]["routing"]["backend"] == "gpu" and events[1]["routing"]["cost_usd"] == 0.0
-    assert events[2]["choices"] == [] and events[2]["usage"]["total_tokens"] == 3
+    assert events[1]["routing"]["backend"] == "gpu"
+    assert events[1]["routing"]["cost_usd"] == 0.0
+    assert events[2]["choices"] == []
+    assert events[2]["usage"]["total_tokens"] == 3
     assert body.endswith("data: [DONE]\n\n")
 
 
@@ -406,9 +420,11 @@ async def test_gateway_answers_beside_the_graph_api_in_langgraph_dev(langgraph_d
     async with httpx.AsyncClient(base_url=langgraph_dev) as http:
         assert (await http.get("/ok")).status_code == 200
         assistants = await http.post("/assistants/search", json={"graph_id": "router"})
-        assert assistants.status_code == 200 and assistants.json()
+        assert assistants.status_code == 200
+        assert assistants.json()
         paths = (await http.get("/openapi.json")).json()["paths"]
-        assert "/v1/chat/completions" in paths and "/v1/models" in paths
+        assert "/v1/chat/completions" in paths
+        assert "/v1/models" in paths
 
 
 async def test_a_client_that_leaves_mid_stream_still_gets_its_ledger_row(
@@ -432,7 +448,9 @@ async def test_a_client_that_leaves_mid_stream_still_gets_its_ledger_row(
             break
         await asyncio.sleep(0.05)
     (row,) = rows
-    assert row.status == "ok" and row.backend == "serverless" and row.cost_usd > 0
+    assert row.status == "ok"
+    assert row.backend == "serverless"
+    assert row.cost_usd > 0
     # the reservation was settled with the real cost, not left to expire
     (day,) = [b for b in await services.budgets.status() if b["period"] == "day"]
     assert day["reserved_usd"] == pytest.approx(0, abs=1e-12)

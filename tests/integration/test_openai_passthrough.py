@@ -47,7 +47,8 @@ async def test_a_tool_call_round_trip_works_with_the_openai_sdk(gateway: Gateway
     (call,) = choice.message.tool_calls or []
     assert call.function.name == "get_weather"
     arguments = json.loads(call.function.arguments)
-    assert arguments["unit"] == "c" and isinstance(arguments["city"], str)
+    assert arguments["unit"] == "c"
+    assert isinstance(arguments["city"], str)
     conversation = [
         *ASK,
         choice.message.model_dump(exclude_none=True),
@@ -59,7 +60,8 @@ async def test_a_tool_call_round_trip_works_with_the_openai_sdk(gateway: Gateway
     assert final.choices[0].finish_reason == "stop"
     assert "21 degrees and sunny" in (final.choices[0].message.content or "")
     rows = await gateway.rows()
-    assert len(rows) == 2 and all(r.status == "ok" for r in rows)
+    assert len(rows) == 2
+    assert all(r.status == "ok" for r in rows)
 
 
 async def test_tool_calls_stream_as_tool_call_deltas(gateway: Gateway):
@@ -78,7 +80,8 @@ async def test_tool_calls_stream_as_tool_call_deltas(gateway: Gateway):
                 if delta.function and delta.function.arguments:
                     pieces.append(delta.function.arguments)
             finish = choice.finish_reason or finish
-    assert names == ["get_weather"] and len(ids) == 1
+    assert names == ["get_weather"]
+    assert len(ids) == 1
     assert len(pieces) > 1  # the arguments arrived in pieces, as the backend sent them
     assert json.loads("".join(pieces))["unit"] == "c"
     assert finish == "tool_calls"
@@ -135,11 +138,13 @@ async def test_standard_fields_reach_the_backend_and_logprobs_come_back(
         assert body[name] == value, name
     choice = completion.choices[0]
     assert json.loads(choice.message.content or "")["confidence"] == 1
-    assert choice.logprobs is not None and choice.logprobs.content
+    assert choice.logprobs is not None
+    assert choice.logprobs.content
     assert len(choice.logprobs.content[0].top_logprobs) == 2
     assert completion.system_fingerprint == "fp_emulator"
     # the router's own fields are not sent on
-    assert "force_backend" not in body and body["model"] == completion.model
+    assert "force_backend" not in body
+    assert body["model"] == completion.model
 
 
 async def test_streamed_logprobs_and_fingerprint_come_back(gateway: Gateway):
@@ -162,7 +167,8 @@ async def test_a_field_no_backend_can_honour_is_refused_naming_it(gateway: Gatew
             model="auto", messages=ASK, extra_body={"audio": {"voice": "alloy", "format": "wav"}}
         )
     error = caught.value.body
-    assert isinstance(error, dict) and error["param"] == "audio"
+    assert isinstance(error, dict)
+    assert error["param"] == "audio"
     assert "audio" in error["message"]
     assert await gateway.rows() == []
 
@@ -193,15 +199,18 @@ async def test_a_backend_client_error_is_returned_as_is_without_fallback(
     assert caught.value.status_code == 400
     assert "not_a_tool" in caught.value.message
     (row,) = await gateway.rows()
-    assert row.status == "failed" and row.fallbacks == 0
-    assert row.error and row.error.startswith("gpu: HTTP 400")
+    assert row.status == "failed"
+    assert row.fallbacks == 0
+    assert row.error
+    assert row.error.startswith("gpu: HTTP 400")
     # the serverless emulator never saw it: no fallback
     assert await received(both_up.serverless_url) == []
     # the endpoint is still healthy and takes the next request
     services = gateway.services
     assert services is not None
     (endpoint,) = services.gpu_pool.endpoints
-    assert endpoint.failures == 0 and endpoint.cooling_until == 0.0
+    assert endpoint.failures == 0
+    assert endpoint.cooling_until == 0.0
     for _ in range(3):
         with pytest.raises(openai.BadRequestError):
             await gateway.client.chat.completions.create(
@@ -211,4 +220,5 @@ async def test_a_backend_client_error_is_returned_as_is_without_fallback(
     assert ok.model == "llama3.1-8b-instruct"
     (answered,) = [r for r in await gateway.rows() if r.status == "ok"]
     assert answered.backend == "gpu"
-    assert endpoint.failures == 0 and endpoint.cooling_until == 0.0
+    assert endpoint.failures == 0
+    assert endpoint.cooling_until == 0.0

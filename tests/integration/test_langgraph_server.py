@@ -17,7 +17,8 @@ async def test_router_runs_through_the_graph_api(langgraph_dev: str):
     assert result["routing"]["complexity"]["level"] == "low"
     assert result["usage"]["total_tokens"] > 0
     # the output schema keeps internals out of the caller's view
-    assert "candidates" not in result and "budget" not in result
+    assert "candidates" not in result
+    assert "budget" not in result
 
 
 async def test_server_graph_shows_the_seven_steps_and_both_fallback_edges(langgraph_dev: str):
@@ -76,11 +77,13 @@ async def test_the_chat_graph_keeps_a_thread_and_answers_usage_from_the_ledger(l
         result = await client.runs.wait(
             thread["thread_id"], "chat", input={"messages": [{"role": "user", "content": turn}]}
         )
-        assert isinstance(result, dict) and "__error__" not in result, result
+        assert isinstance(result, dict), result
+        assert "__error__" not in result, result
         intents.append(result["intent"])
     assert intents == ["chat", "usage_report", "chat"]
     state = await client.threads.get_state(thread["thread_id"])
     messages = state["values"]["messages"]
     assert [m["type"] for m in messages] == ["human", "ai"] * 3
     report = messages[3]["content"]
-    assert "Usage for this week" in report and "requests" in report
+    assert "Usage for this week" in report
+    assert "requests" in report

@@ -12,7 +12,7 @@ from backends.tokens import count_message_tokens
 from graphs.chat import builder
 from state.checkpoints import open_checkpointer
 from tests.conftest import Harness
-from tests.test_budgets import HARD
+from tests.integration.test_budgets import HARD
 
 THREAD = {"configurable": {"thread_id": "c1"}}
 
@@ -28,19 +28,22 @@ async def test_a_thread_chats_and_answers_usage_from_the_ledger(both_up: Harness
     async with open_checkpointer(services.settings) as saver:
         chat = builder.compile(checkpointer=saver)
         first = await chat.ainvoke(say("Hello!"), THREAD, context=context)
-        assert first["intent"] == "chat" and first["routing"]["backend"] == "gpu"
+        assert first["intent"] == "chat"
+        assert first["routing"]["backend"] == "gpu"
         await chat.ainvoke(say("Explain caching step by step"), THREAD, context=context)
         report = await chat.ainvoke(
             say("Analyze Lambda usage for last 7 days"), THREAD, context=context
         )
-        assert report["intent"] == "usage_report" and report["params"] == {"days": 7}
+        assert report["intent"] == "usage_report"
+        assert report["params"] == {"days": 7}
         rows = await services.ledger.rows()
         text = str(report["messages"][-1].content)
         # the figures are the ledger's: computed here from its rows, independently
         assert f"{len(rows)} requests" in text
         tokens = sum(r.prompt_tokens + r.completion_tokens for r in rows)
         assert f"{tokens:,} tokens" in text
-        assert "| gpu |" in text and "p95 ms" in text
+        assert "| gpu |" in text
+        assert "p95 ms" in text
         last = await chat.ainvoke(
             say("And how does that compare to a queue?"), THREAD, context=context
         )
@@ -84,9 +87,8 @@ async def test_only_admins_change_routing_when_keys_are_on(both_up: Harness):
     status = await chat.ainvoke(
         say("What's my current Lambda Labs budget status?", user="alice"), context=context
     )
-    assert status["intent"] == "budget_status" and "| budget |" in str(
-        status["messages"][-1].content
-    )
+    assert status["intent"] == "budget_status"
+    assert "| budget |" in str(status["messages"][-1].content)
 
 
 async def test_a_cost_estimate_prices_the_previous_message_on_the_named_model(both_up: Harness):
@@ -112,7 +114,8 @@ async def test_a_cost_estimate_prices_the_previous_message_on_the_named_model(bo
     assert f"a {tokens}-token prompt" in text
     assert f"${maverick.cost_usd(tokens, 0):.6f}" in text
     priced = [line for line in text.splitlines() if line.startswith("| llama")]
-    assert len(priced) == 1 and priced[0].startswith("| llama-4-maverick")  # the one asked about
+    assert len(priced) == 1
+    assert priced[0].startswith("| llama-4-maverick")
 
 
 async def test_cost_comparison_says_how_it_was_computed(both_up: Harness):
@@ -122,7 +125,8 @@ async def test_cost_comparison_says_how_it_was_computed(both_up: Harness):
     answer = await chat.ainvoke(say("Show cost savings compared to GPU baseline"), context=context)
     text = str(answer["messages"][-1].content)
     assert answer["intent"] == "cost_comparison"
-    assert "How it was computed" in text and "everything on dedicated GPUs" in text
+    assert "How it was computed" in text
+    assert "everything on dedicated GPUs" in text
 
 
 @pytest.mark.parametrize("text", ["Optimize Lambda costs for daily reporting"])
@@ -131,7 +135,8 @@ async def test_optimize_answers_with_advice_from_the_ledger(both_up: Harness, te
     chat = builder.compile()
     await chat.ainvoke(say("Hello!"), context=context)
     answer = await chat.ainvoke(say(text), context=context)
-    assert answer["intent"] == "optimize" and answer["params"]["workload"] == "daily reporting"
+    assert answer["intent"] == "optimize"
+    assert answer["params"]["workload"] == "daily reporting"
     assert "Cost advice from the ledger" in str(answer["messages"][-1].content)
 
 

@@ -52,7 +52,7 @@ def test_level_thresholds():
 
 
 @pytest.mark.parametrize(
-    "level, priority, tier",
+    ("level", "priority", "tier"),
     [
         ("low", "balanced", 1),
         ("medium", "balanced", 2),
@@ -74,7 +74,8 @@ def test_pick_model_prefers_cheapest_of_tier_and_checks_context():
     assert pick_model(catalog, "serverless", 2, 100, 100).id == "llama-4-scout-17b-16e-instruct"
     # Scout's window is 16k: a 20k prompt moves to a model that fits
     bigger = pick_model(catalog, "serverless", 2, 20_000, 1000)
-    assert bigger is not None and bigger.context_window >= 21_000
+    assert bigger is not None
+    assert bigger.context_window >= 21_000
     # the GPU pool has no tier-3 model: best that fits
     assert pick_model(catalog, "gpu", 3, 100, 100).id == "llama3.1-70b-instruct-fp8"
     assert pick_model(catalog, "gpu", 1, 200_000, 10) is None
@@ -146,7 +147,8 @@ def test_long_prompts_are_scored_on_their_head_and_tail():
     messages = [{"role": "user", "content": ask + document + "\nFinally justify it."}]
     sample = scanned_text(messages)
     assert len(sample) == 2 * SCAN_CHARS + 1
-    assert sample.startswith(ask) and sample.endswith("Finally justify it.")
+    assert sample.startswith(ask)
+    assert sample.endswith("Finally justify it.")
     tokens = count_message_tokens(messages)
     sampled = [{"role": "user", "content": sample}]
     assert score_features(messages, tokens, None) == score_features(sampled, tokens, None)

@@ -58,7 +58,8 @@ async def test_serverless_answers_and_its_hold_is_settled_at_the_real_cost(both_
     after = await books(context.services)  # type: ignore[arg-type]
     row = await only_row(context)
     assert after["holds"] == ["settled"]
-    assert after["committed"] == pytest.approx(row.cost_usd) and row.cost_usd > 0
+    assert after["committed"] == pytest.approx(row.cost_usd)
+    assert row.cost_usd > 0
     assert after["reserved"] == pytest.approx(0.0)
 
 
@@ -85,7 +86,8 @@ async def test_gpu_fails_then_serverless_holds_at_the_fallback_and_settles(harne
     after = await books(context.services)  # type: ignore[arg-type]
     row = await only_row(context)
     assert after["holds"] == ["settled"]
-    assert after["committed"] == pytest.approx(row.cost_usd) and row.cost_usd > 0
+    assert after["committed"] == pytest.approx(row.cost_usd)
+    assert row.cost_usd > 0
     assert after["reserved"] == pytest.approx(0.0)
 
 
@@ -96,7 +98,8 @@ async def test_a_refused_hold_at_the_fallback_ends_the_request_as_failed(harness
     with pytest.raises(AllBackendsFailedError, match="daily budget"):
         await graph.ainvoke(ASK, context=context)
     after = await books(context.services)  # type: ignore[arg-type]
-    assert after["holds"] == [] and after["committed"] == 0.0
+    assert after["holds"] == []
+    assert after["committed"] == 0.0
     assert (await only_row(context)).status == "failed"
 
 
@@ -108,7 +111,8 @@ async def test_both_fail_and_the_hold_is_released(harness: Harness):
         await graph.ainvoke({**ASK, "force_backend": "serverless"}, context=context)
     after = await books(context.services)  # type: ignore[arg-type]
     assert after["holds"] == ["released"]
-    assert after["committed"] == pytest.approx(0.0) and after["reserved"] == pytest.approx(0.0)
+    assert after["committed"] == pytest.approx(0.0)
+    assert after["reserved"] == pytest.approx(0.0)
     assert (await only_row(context)).status == "failed"
 
 
@@ -120,9 +124,11 @@ async def test_a_client_error_releases_the_hold_without_fallback(both_up: Harnes
     assert caught.value.status_code == 400
     after = await books(context.services)  # type: ignore[arg-type]
     assert after["holds"] == ["released"]
-    assert after["committed"] == pytest.approx(0.0) and after["reserved"] == pytest.approx(0.0)
+    assert after["committed"] == pytest.approx(0.0)
+    assert after["reserved"] == pytest.approx(0.0)
     row = await only_row(context)
-    assert row.status == "failed" and row.fallbacks == 0
+    assert row.status == "failed"
+    assert row.fallbacks == 0
 
 
 async def test_a_cancelled_stream_gives_its_hold_back(harness: Harness):
@@ -140,4 +146,5 @@ async def test_a_cancelled_stream_gives_its_hold_back(harness: Harness):
     await asyncio.sleep(0.05)
     after = await books(context.services)  # type: ignore[arg-type]
     assert after["holds"] == ["released"]
-    assert after["reserved"] == pytest.approx(0.0) and after["committed"] == pytest.approx(0.0)
+    assert after["reserved"] == pytest.approx(0.0)
+    assert after["committed"] == pytest.approx(0.0)

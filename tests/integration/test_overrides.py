@@ -13,7 +13,7 @@ import pytest
 
 from graphs.router import graph
 from tests.conftest import TEST_KEY, Harness
-from tests.test_budgets import HARD, ROUTER_PROCESS
+from tests.integration.test_budgets import HARD, ROUTER_PROCESS
 
 SIMPLE = [{"role": "user", "content": "Hello!"}]
 
@@ -89,7 +89,7 @@ async def test_two_processes_on_postgres_send_exactly_the_next_three_to_gpu(
         SERVERLESS_RATIO="1",
         HARD=json.dumps(HARD),
         CAP="8",
-        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+        PYTHONPATH=str(Path(__file__).resolve().parents[2]),
     )
     processes = [
         await asyncio.create_subprocess_exec(

@@ -116,12 +116,16 @@ async def test_health_shows_each_backend_and_endpoint(served: Served):
     assert body["status"] == "ok"
     assert set(body) == {"status", "checked_at", "backends"}
     serverless, gpu = body["backends"]["serverless"], body["backends"]["gpu"]
-    assert serverless["status"] == "up" and serverless["latency_ms"] > 0
-    assert serverless["models"] > 0 and serverless["error"] is None
+    assert serverless["status"] == "up"
+    assert serverless["latency_ms"] > 0
+    assert serverless["models"] > 0
+    assert serverless["error"] is None
     assert serverless["url"] == served.services.settings.lambda_api_base
-    assert gpu["status"] == "up" and gpu["endpoints_up"] == 1
+    assert gpu["status"] == "up"
+    assert gpu["endpoints_up"] == 1
     (endpoint,) = gpu["endpoints"]
-    assert endpoint["status"] == "up" and endpoint["latency_ms"] > 0
+    assert endpoint["status"] == "up"
+    assert endpoint["latency_ms"] > 0
     assert endpoint["url"] == served.services.settings.gpu_endpoints[0]
     for name in ("running", "waiting", "in_flight", "load"):
         assert endpoint[name] == 0
@@ -191,7 +195,8 @@ async def test_stats_equal_the_ledger(served: Served):
         figures = stats[period]
         assert figures["requests"] == len(rows)
         assert figures["by_status"] == {"ok": 4}
-        assert figures["fallbacks"] == 0 and figures["fallback_rate"] == 0.0
+        assert figures["fallbacks"] == 0
+        assert figures["fallback_rate"] == 0.0
         assert figures["cost_usd"] == pytest.approx(sum(r.cost_usd for r in rows))
         for backend in ("serverless", "gpu"):
             mine = [r for r in rows if r.backend == backend]
@@ -233,7 +238,8 @@ async def test_usage_report_equals_the_ledger(served: Served):
     response = await served.http.get("/usage", params={"days": 1, "group_by": "backend"})
     assert response.status_code == 200
     usage = response.json()
-    assert usage["days"] == 1 and usage["group_by"] == "backend"
+    assert usage["days"] == 1
+    assert usage["group_by"] == "backend"
     assert usage["totals"]["requests"] == len(rows)
     assert usage["totals"]["cost_usd"] == pytest.approx(sum(r.cost_usd for r in rows))
     assert usage["totals"]["prompt_tokens"] == sum(r.prompt_tokens for r in rows)
@@ -251,7 +257,8 @@ async def test_usage_report_equals_the_ledger(served: Served):
         "(none)": 1,
     }
     by_day = (await served.http.get("/usage")).json()
-    assert by_day["group_by"] == "day" and len(by_day["groups"]) == 1
+    assert by_day["group_by"] == "day"
+    assert len(by_day["groups"]) == 1
 
 
 BAD_USAGE = [
@@ -268,8 +275,10 @@ async def test_usage_bad_parameters_are_400(served: Served):
         response = await served.http.get("/usage", params=params)
         assert response.status_code == 400, params
         error = response.json()["error"]
-        assert message in error["message"] and "/usage?days=7" in error["message"]
-        assert error["param"] == param and error["type"] == "invalid_request_error"
+        assert message in error["message"]
+        assert "/usage?days=7" in error["message"]
+        assert error["param"] == param
+        assert error["type"] == "invalid_request_error"
 
 
 # --- /budget ------------------------------------------------------------------------------
@@ -282,7 +291,8 @@ def window(budgets: list[dict[str, Any]], scope: str, period: str) -> dict[str, 
 
 async def test_budget_shows_the_spend(served: Served):
     before = (await served.http.get("/budget")).json()
-    assert before["user"] is None and before["team"] is None
+    assert before["user"] is None
+    assert before["team"] is None
     assert window(before["budgets"], "global", "day")["spent_usd"] == 0.0
 
     await served.chat(extra_body={"force_backend": "serverless"}, user="alice")
@@ -290,7 +300,8 @@ async def test_budget_shows_the_spend(served: Served):
     after = (await served.http.get("/budget", params={"user": "alice"})).json()
     assert after["user"] == "alice"
     day = window(after["budgets"], "global", "day")
-    assert day["spent_usd"] == pytest.approx(row.cost_usd) and row.cost_usd > 0
+    assert day["spent_usd"] == pytest.approx(row.cost_usd)
+    assert row.cost_usd > 0
     assert day["remaining_usd"] == pytest.approx(day["limit_usd"] - row.cost_usd)
     assert not [b for b in after["budgets"] if b["scope"] == "user"]  # alice has none yet
 
@@ -308,8 +319,10 @@ async def test_put_budget_sets_a_user_budget_that_the_router_enforces(
     )
     assert response.status_code == 200
     body = response.json()
-    assert body["scope"] == "user" and body["key"] == "alice"
-    assert body["daily_usd"] == 0.0 and body["monthly_usd"] == 10.0
+    assert body["scope"] == "user"
+    assert body["key"] == "alice"
+    assert body["daily_usd"] == 0.0
+    assert body["monthly_usd"] == 10.0
     assert {(b["period"], b["limit_usd"]) for b in body["budgets"]} == {
         ("day", 0.0),
         ("month", 10.0),
@@ -352,7 +365,8 @@ async def test_put_budget_bad_input_is_400(served: Served):
         response = await served.http.put(path, json=body)
         assert response.status_code == 400, response.text
         error = response.json()["error"]
-        assert message in error["message"] and error["param"] == param
+        assert message in error["message"]
+        assert error["param"] == param
     response = await served.http.put("/budget/user/alice", content=b"{daily")
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
@@ -453,7 +467,8 @@ async def test_metrics_show_every_budget_and_failures(harness: Harness, serve: S
     await served.chat(extra_body={"cost_priority": "low_cost"}, user="alice")  # falls back
     found = await scrape(served)
     (row,) = await served.rows()
-    assert row.fallbacks >= 1 and row.backend == "serverless"
+    assert row.fallbacks >= 1
+    assert row.backend == "serverless"
     assert (
         found[("router_fallbacks_total", (("from_backend", "gpu"), ("to_backend", "serverless")))]
         == 1
@@ -490,7 +505,8 @@ async def test_openapi_docstrings_of_the_routes_are_yaml(served: Served):
     for path in ("/health", "/stats", "/usage", "/budget", "/budget/{scope}/{key}", "/metrics"):
         assert path in paths
         for operation in paths[path].values():
-            assert operation["summary"] and operation["responses"]
+            assert operation["summary"]
+            assert operation["responses"]
 
 
 def test_public_url_drops_credentials_and_query():

@@ -70,7 +70,8 @@ async def raw_request(url: str, head: str, *parts: bytes) -> tuple[RawResponse, 
     body never answers, and the test fails on the timeout.
     """
     where = urlsplit(url)
-    assert where.hostname is not None and where.port is not None
+    assert where.hostname is not None
+    assert where.port is not None
     reader, writer = await asyncio.open_connection(where.hostname, where.port)
     try:
         writer.write(head.encode() + b"".join(parts))
@@ -198,7 +199,7 @@ async def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(limited:
 
 
 @pytest.mark.parametrize(
-    "method, path",
+    ("method", "path"),
     [
         ("POST", "/v1/completions"),
         ("POST", "/v1/embeddings"),
@@ -218,7 +219,8 @@ async def test_unknown_v1_routes_are_404_openai_errors(limited: Gateway, method:
     assert error["type"] == "invalid_request_error"
     assert error["code"] == "not_found"
     assert error["param"] is None
-    assert path in error["message"] and SERVED in error["message"]
+    assert path in error["message"]
+    assert SERVED in error["message"]
 
 
 async def test_the_sdk_sees_unknown_routes_as_not_found(limited: Gateway):
@@ -231,11 +233,12 @@ async def test_the_sdk_sees_unknown_routes_as_not_found(limited: Gateway):
     # outside /v1 the app adds no catch-all: beside the LangGraph server, its routes own those
     async with httpx.AsyncClient() as http:
         outside = await http.get(limited.url.removesuffix("/v1") + "/no-such-page")
-    assert outside.status_code == 404 and "error" not in outside.text
+    assert outside.status_code == 404
+    assert "error" not in outside.text
 
 
 @pytest.mark.parametrize(
-    "method, path, allow",
+    ("method", "path", "allow"),
     [
         ("GET", "/chat/completions", "POST"),
         ("PUT", "/chat/completions", "POST"),
@@ -253,7 +256,8 @@ async def test_a_wrong_method_is_405_with_allow(limited: Gateway, method, path, 
     assert error["type"] == "invalid_request_error"
     assert error["code"] == "method_not_allowed"
     assert error["param"] is None
-    assert method in error["message"] and f"/v1{path}" in error["message"]
+    assert method in error["message"]
+    assert f"/v1{path}" in error["message"]
 
 
 # --- GET /v1/models/{id} ------------------------------------------------------------------
@@ -262,9 +266,11 @@ async def test_a_wrong_method_is_405_with_allow(limited: Gateway, method, path, 
 async def test_models_retrieve_returns_the_listed_object(limited: Gateway):
     listed = {m.id: m.model_dump() for m in (await limited.client.models.list()).data}
     model = await limited.client.models.retrieve("llama3.1-8b-instruct")
-    assert model.id == "llama3.1-8b-instruct" and model.object == "model"
+    assert model.id == "llama3.1-8b-instruct"
+    assert model.object == "model"
     assert model.model_dump() == listed["llama3.1-8b-instruct"]
-    assert model.context_window > 0 and "serverless" in model.backends  # our extra fields
+    assert model.context_window > 0
+    assert "serverless" in model.backends
     for model_id in listed:  # every model, and auto
         assert (await limited.client.models.retrieve(model_id)).model_dump() == listed[model_id]
 
@@ -276,7 +282,8 @@ async def test_models_retrieve_of_an_unknown_model_is_not_found(limited: Gateway
     error = caught.value.body
     assert error["code"] == "model_not_found"
     assert error["type"] == "invalid_request_error"
-    assert "'gpt-99'" in error["message"] and "GET /v1/models" in error["message"]
+    assert "'gpt-99'" in error["message"]
+    assert "GET /v1/models" in error["message"]
     assert caught.value.response.headers["x-request-id"]
 
 
@@ -302,8 +309,10 @@ async def test_langgraph_dev_serves_the_edges_and_keeps_its_own_errors(langgraph
         assert caught.value.body["code"] == "not_found"
     async with httpx.AsyncClient(base_url=langgraph_dev) as http:
         wrong = await http.get("/v1/chat/completions")
-        assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+        assert wrong.status_code == 405
+        assert wrong.json()["error"]["code"] == "method_not_allowed"
         # the LangGraph server's own 404 keeps its own shape
         thread = await http.get("/threads/00000000-0000-0000-0000-000000000000")
-        assert thread.status_code == 404 and "detail" in thread.json()
+        assert thread.status_code == 404
+        assert "detail" in thread.json()
         assert (await http.get("/ok")).status_code == 200

@@ -90,7 +90,7 @@ def script_env(harness: Harness, tmp_path: Path, **extra: str) -> dict[str, str]
         LAMBDA_API_BASE=harness.serverless_url,
         GPU_ENDPOINTS=harness.gpu_url,
         DATABASE_URL=f"sqlite:///{tmp_path}/ledger.db",
-        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+        PYTHONPATH=str(Path(__file__).resolve().parents[2]),
         **extra,
     )
     return env
@@ -110,9 +110,11 @@ async def test_tracing_sends_runs_without_keys(both_up: Harness, tmp_path: Path)
     assert "serverless" in output
     traced = b"\n".join(bodies)
     # tracing is on: the nodes' runs arrived
-    assert b"check_budget" in traced and b"track_usage" in traced
+    assert b"check_budget" in traced
+    assert b"track_usage" in traced
     # the plan step's traced output carries the four decisions
-    assert b"selection_reason" in traced and b"backend_reason" in traced
+    assert b"selection_reason" in traced
+    assert b"backend_reason" in traced
     assert TEST_KEY.encode() not in traced
     assert tracing_key.encode() not in traced
     assert TEST_KEY not in output

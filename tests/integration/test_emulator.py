@@ -89,7 +89,8 @@ async def test_answer_says_emulator_and_counts_tokens_honestly(client, url):
     content = choice["message"]["content"]
     assert choice["message"] == {"role": "assistant", "content": content, "refusal": None}
     assert choice["logprobs"] is None
-    assert "emulator" in content and MODEL in content
+    assert "emulator" in content
+    assert MODEL in content
     assert choice["finish_reason"] == "stop"
     usage = body["usage"]
     assert usage["prompt_tokens"] == count_message_tokens(MESSAGES)
@@ -114,7 +115,8 @@ async def test_token_limit_truncates_to_exactly_that_many(client, url, param, li
     assert body["usage"]["completion_tokens"] == limit
     assert count_text_tokens(content) == limit
     full = (await chat(client, url)).json()["choices"][0]["message"]["content"]
-    assert full.startswith(content) and len(content) < len(full)
+    assert full.startswith(content)
+    assert len(content) < len(full)
 
 
 async def test_large_limit_leaves_the_answer_whole(client, url):
@@ -192,7 +194,8 @@ async def test_unknown_model_is_404_model_not_found(client, url):
     assert response.status_code == 404
     error = response.json()["error"]
     assert error["code"] == "model_not_found"
-    assert "gpt-4o" in error["message"] and MODEL in error["message"]
+    assert "gpt-4o" in error["message"]
+    assert MODEL in error["message"]
 
 
 @pytest.mark.parametrize(
@@ -279,7 +282,8 @@ async def test_non_json_or_non_object_body_is_400(client, url, raw):
     )
     assert response.status_code == 400
     message = response.json()["error"]["message"]
-    assert "JSON" in message and "messages" in message
+    assert "JSON" in message
+    assert "messages" in message
 
 
 async def test_api_key_is_enforced(client):
@@ -331,7 +335,8 @@ async def test_metrics_count_running_waiting_and_tokens(client):
     async with serve_emulator(EmulatorConfig(ttft_ms=300, max_concurrency=1)) as base:
         text = (await client.get(f"{root(base)}/metrics")).text
         for name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
-            assert f"# TYPE {name} gauge" in text and f"# HELP {name} " in text
+            assert f"# TYPE {name} gauge" in text
+            assert f"# HELP {name} " in text
         for name in (
             "vllm:prompt_tokens_total",
             "vllm:generation_tokens_total",
@@ -475,9 +480,13 @@ def check_weather_arguments(arguments: str) -> None:
     parsed = json.loads(arguments)
     assert set(parsed) == {"city", "unit", "days", "ratio", "alerts", "options", "hours"}
     assert parsed["unit"] == "celsius"
-    assert parsed["days"] == 1 and parsed["ratio"] == 1 and parsed["alerts"] is True
-    assert parsed["options"] == {} and parsed["hours"] == []
-    assert isinstance(parsed["city"], str) and parsed["city"] in QUESTION.lower()
+    assert parsed["days"] == 1
+    assert parsed["ratio"] == 1
+    assert parsed["alerts"] is True
+    assert parsed["options"] == {}
+    assert parsed["hours"] == []
+    assert isinstance(parsed["city"], str)
+    assert parsed["city"] in QUESTION.lower()
 
 
 async def streamed_call(sdk: AsyncOpenAI, messages: list[Any]) -> tuple[str, str, str, str]:
@@ -495,7 +504,8 @@ async def streamed_call(sdk: AsyncOpenAI, messages: list[Any]) -> tuple[str, str
             if delta.id:
                 assert not call_id, "the id comes once, in the first delta"
                 call_id, name = delta.id, delta.function.name
-                assert delta.type == "function" and delta.function.arguments == ""
+                assert delta.type == "function"
+                assert delta.function.arguments == ""
             else:
                 assert delta.function.name is None
                 arguments += delta.function.arguments
@@ -515,7 +525,8 @@ async def test_tool_call_then_tool_result_then_final_answer(sdk, stream):
             model=MODEL, messages=messages, tools=[WEATHER, CLOCK]
         )
         choice = first.choices[0]
-        assert choice.message.content is None and choice.message.refusal is None
+        assert choice.message.content is None
+        assert choice.message.refusal is None
         assert len(choice.message.tool_calls) == 1
         call = choice.message.tool_calls[0]
         assert call.type == "function"
@@ -523,7 +534,8 @@ async def test_tool_call_then_tool_result_then_final_answer(sdk, stream):
         finish = choice.finish_reason
         assert first.usage.completion_tokens == count_text_tokens(arguments)
     assert finish == "tool_calls"
-    assert call_id.startswith("call_") and len(call_id) > len("call_")
+    assert call_id.startswith("call_")
+    assert len(call_id) > len("call_")
     assert name == "get_weather"  # no tool_choice: the first tool
     check_weather_arguments(arguments)
 
@@ -599,7 +611,8 @@ async def test_streamed_tool_call_deltas_on_the_wire(client, url):
     assert opening["tool_calls"][0]["id"].startswith("call_")
     for chunk in pieces:
         (delta,) = chunk["choices"][0]["delta"]["tool_calls"]
-        assert set(delta) == {"index", "function"} and set(delta["function"]) == {"arguments"}
+        assert set(delta) == {"index", "function"}
+        assert set(delta["function"]) == {"arguments"}
     streamed = "".join(
         c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] for c in pieces
     )
@@ -661,7 +674,8 @@ async def test_json_object_answer_parses(sdk):
         model=MODEL, messages=MESSAGES, response_format={"type": "json_object"}
     )
     parsed = json.loads(answer.choices[0].message.content)
-    assert isinstance(parsed, dict) and set(parsed) == {"answer"}
+    assert isinstance(parsed, dict)
+    assert set(parsed) == {"answer"}
     assert "emulator" in parsed["answer"]
 
 
@@ -689,10 +703,11 @@ async def test_json_schema_answer_holds_the_required_keys(sdk):
     assert answer.choices[0].finish_reason == "stop"
     parsed = json.loads(answer.choices[0].message.content)
     assert set(parsed) == {"summary", "score", "level", "tags"}
-    assert parsed["score"] == 1 and parsed["level"] == "low" and parsed["tags"] == []
-    assert (
-        isinstance(parsed["summary"], str) and parsed["summary"] in MESSAGES[1]["content"].lower()
-    )
+    assert parsed["score"] == 1
+    assert parsed["level"] == "low"
+    assert parsed["tags"] == []
+    assert isinstance(parsed["summary"], str)
+    assert parsed["summary"] in MESSAGES[1]["content"].lower()
 
 
 async def test_stop_cuts_the_text_before_the_first_stop_string(client, url):
@@ -710,14 +725,14 @@ async def test_stop_cuts_the_text_before_the_first_stop_string(client, url):
     missing = (await chat(client, url, stop=["not-in-the-text"])).json()["choices"][0]
     assert missing["message"]["content"] == full
     short = (await chat(client, url, stop="emulated", max_tokens=2)).json()["choices"][0]
-    assert (
-        short["finish_reason"] == "length" and count_text_tokens(short["message"]["content"]) == 2
-    )
+    assert short["finish_reason"] == "length"
+    assert count_text_tokens(short["message"]["content"]) == 2
 
 
 async def test_received_shows_the_fields_that_reached_the_emulator(client, url, sdk):
     cleared = await client.delete(f"{url}/_received")
-    assert cleared.status_code == 200 and cleared.json() == {"data": []}
+    assert cleared.status_code == 200
+    assert cleared.json() == {"data": []}
     await sdk.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": QUESTION}],
@@ -737,11 +752,14 @@ async def test_received_shows_the_fields_that_reached_the_emulator(client, url, 
     assert sent["model"] == MODEL
     assert sent["tools"] == [WEATHER]
     assert sent["stop"] == ["\n\n"]
-    assert sent["seed"] == 42 and sent["top_p"] == 0.5
-    assert sent["logprobs"] is True and sent["top_logprobs"] == 2
+    assert sent["seed"] == 42
+    assert sent["top_p"] == 0.5
+    assert sent["logprobs"] is True
+    assert sent["top_logprobs"] == 2
     assert sent["response_format"] == {"type": "json_object"}
     assert sent["metadata"] == {"team": "search"}
-    assert "stream" not in sent and "temperature" not in sent
+    assert "stream" not in sent
+    assert "temperature" not in sent
     assert refused["model"] == "no-such-model"
 
     assert (await client.delete(f"{url}/_received")).status_code == 200

@@ -64,7 +64,8 @@ async def test_three_runs_on_one_thread_on_the_default_configuration(
         result = await client.runs.wait(
             thread["thread_id"], "router", input={"messages": [{"role": "user", "content": turn}]}
         )
-        assert isinstance(result, dict) and "error" not in result, result
+        assert isinstance(result, dict), result
+        assert "error" not in result, result
         answers.append(result)
     state = await client.threads.get_state(thread["thread_id"])
     messages = state["values"]["messages"]
@@ -76,7 +77,8 @@ async def test_three_runs_on_one_thread_on_the_default_configuration(
     # the relative default ledger path resolved against the server's directory
     with sqlite3.connect(copy / "data" / "router.db") as db:
         rows = db.execute("SELECT request_id, status FROM usage_records").fetchall()
-    assert {r[0] for r in rows} == ids and {r[1] for r in rows} == {"ok"}
+    assert {r[0] for r in rows} == ids
+    assert {r[1] for r in rows} == {"ok"}
 
 
 async def test_streams_carry_tokens_and_every_decision(dev_on_defaults: tuple[str, Path]):

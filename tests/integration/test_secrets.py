@@ -70,7 +70,8 @@ async def test_no_key_appears_anywhere_after_every_error_path(
     await call("POST", "/v1/chat/completions", json=ASK)  # every backend fails: 502
     statuses = [int(line.split(" ", 1)[0]) for line in seen]
     assert statuses[:6] == [401, 401, 400, 400, 402, 400]
-    assert statuses[6:8] == [200, 200] and statuses[-1] == 502
+    assert statuses[6:8] == [200, 200]
+    assert statuses[-1] == 502
 
     async with services.ledger.engine.connect() as conn:
         rows = [dict(r._mapping) for r in await conn.execute(select(UsageRecord.__table__))]

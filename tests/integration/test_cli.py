@@ -64,7 +64,8 @@ def test_ask_prints_routing_usage_and_cost(tmp_path: Path):
 def test_bad_input_and_bad_configuration_give_clear_errors(tmp_path: Path):
     empty = run_cli(tmp_path, "ask", "   ")
     assert empty.returncode == 2
-    assert "bad request" in empty.stderr and "at least one message" in empty.stderr
+    assert "bad request" in empty.stderr
+    assert "at least one message" in empty.stderr
     bad = run_cli(tmp_path, "ask", "Hello!", GPU_ENDPOINTS="not-a-url", SERVERLESS_RATIO="2")
     assert bad.returncode == 2
     assert "GPU_ENDPOINTS entry 'not-a-url'" in bad.stderr

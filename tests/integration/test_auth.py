@@ -1,6 +1,6 @@
 """API keys (``ROUTER_API_KEYS``) on the gateway and on the LangGraph server's graph API.
 
-The gateway runs in this loop (uvicorn, :mod:`tests.test_ops_routes`); the graph
+The gateway runs in this loop (uvicorn, :mod:`tests.integration.test_ops_routes`); the graph
 API runs in its own ``langgraph dev`` with keys set, driven with langgraph-sdk.
 Every test also checks that no key leaks into responses, the ledger or the logs.
 """
@@ -27,9 +27,9 @@ from starlette.routing import Route
 from gateway import auth as gateway_auth
 from gateway.app import create_app
 from gateway.auth import authenticate, caller
+from state.api_keys import ApiKeyIdentity, RouterApiKeys
 from state.context import Services
-from state.settings import ApiKeyIdentity, RouterApiKeys, Settings
-from tests import test_ops_routes
+from state.settings import Settings
 from tests.conftest import (
     Harness,
     free_port,
@@ -37,7 +37,8 @@ from tests.conftest import (
     running_server,
     server_env,
 )
-from tests.test_ops_routes import HELLO, Serve, Served
+from tests.integration import test_ops_routes
+from tests.integration.test_ops_routes import HELLO, Serve, Served
 
 serve = test_ops_routes.serve  # the fixture: serve a gateway app in this loop
 served = test_ops_routes.served  # the fixture: a gateway without keys
@@ -80,10 +81,12 @@ def test_router_api_keys_parse_and_never_show_a_key(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("ROUTER_API_KEYS", KEYS + ",")
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     keys = settings.router_api_keys
-    assert len(keys) == 2 and keys
+    assert len(keys) == 2
+    assert keys
     assert keys.identify(ALICE_KEY) == ApiKeyIdentity("alice", "search")
     assert keys.identify(BOB_KEY) == ApiKeyIdentity("bob", None)
-    assert keys.identify(WRONG_KEY) is None and keys.identify("") is None
+    assert keys.identify(WRONG_KEY) is None
+    assert keys.identify("") is None
     assert repr(keys) == "RouterApiKeys(2 keys)"
     assert_no_key_in(repr(settings), str(settings), str(settings.model_dump()))
     assert_no_key_in(settings.model_dump_json())
@@ -95,7 +98,7 @@ def test_router_api_keys_parse_and_never_show_a_key(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.parametrize(
-    "value, message",
+    ("value", "message"),
     [
         (ALICE_KEY, "entry 1 of 1 has 1 ':'-separated parts instead of 2 or 3"),
         (f"{ALICE_KEY}:alice:search:x", "has 4 ':'-separated parts"),
@@ -136,8 +139,10 @@ async def test_no_key_and_a_wrong_key_are_401_with_an_openai_error(guarded: Serv
         assert response.status_code == 401
         assert response.headers["www-authenticate"].startswith("Bearer")
         error = response.json()["error"]
-        assert error["code"] == code and message in error["message"]
-        assert error["type"] == "invalid_request_error" and "param" in error
+        assert error["code"] == code
+        assert message in error["message"]
+        assert error["type"] == "invalid_request_error"
+        assert "param" in error
         assert_no_key_in(response_text(response))
     assert 'error="invalid_token"' in response.headers["www-authenticate"]
     with pytest.raises(openai.AuthenticationError):
@@ -166,7 +171,8 @@ async def test_every_route_but_health_needs_a_key(guarded: Served):
     assert day["limit_usd"] == 5.0
 
     health = await guarded.http.get("/health")
-    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
     # endpoint addresses only for callers with a key
     assert "url" not in health.json()["backends"]["gpu"]["endpoints"][0]
     with_key = (await guarded.http.get("/health", headers=bearer(ALICE_KEY))).json()
@@ -188,7 +194,8 @@ async def test_the_keys_user_and_team_reach_the_ledger(guarded: Served):
     assert [(r.user, r.team) for r in rows] == [("alice", "search"), ("bob", None)]
 
     budget = (await guarded.http.get("/budget", headers=bearer(ALICE_KEY))).json()
-    assert budget["user"] == "alice" and budget["team"] == "search"
+    assert budget["user"] == "alice"
+    assert budget["team"] == "search"
     assert {b["scope"] for b in budget["budgets"]} == {"global", "user"}
     refused = await guarded.http.get("/budget?user=bob", headers=bearer(ALICE_KEY))
     assert refused.status_code == 403
@@ -211,7 +218,8 @@ async def test_routes_mounted_later_are_guarded_too(both_up: Harness, serve: Ser
     served = await serve(services, app)
     assert (await served.http.get("/extra/whoami")).status_code == 401
     response = await served.http.get("/extra/whoami", headers=bearer(BOB_KEY))
-    assert response.status_code == 200 and response.json() == {"user": "bob"}
+    assert response.status_code == 200
+    assert response.json() == {"user": "bob"}
 
 
 async def test_keys_never_reach_logs_ledger_or_responses(
@@ -250,7 +258,8 @@ async def test_a_team_that_is_not_a_string_is_400(served: Served):
     response = await served.http.post(
         "/v1/chat/completions", json={"messages": HELLO, "team": ["a"]}
     )
-    assert response.status_code == 400 and response.json()["error"]["param"] == "team"
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "team"
 
 
 # --- the graph API in ``langgraph dev`` ---------------------------------------------------
@@ -259,7 +268,8 @@ async def test_a_team_that_is_not_a_string_is_400(served: Served):
 async def test_langgraph_authenticate_maps_a_key_to_its_identity(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(gateway_auth, "_server_keys", RouterApiKeys.parse(KEYS))
     user = await authenticate(f"Bearer {ALICE_KEY}")
-    assert user["identity"] == "alice" and user["metadata"]["team"] == "search"
+    assert user["identity"] == "alice"
+    assert user["metadata"]["team"] == "search"
     assert (await authenticate(f"bearer  {BOB_KEY} "))["metadata"]["team"] is None
     for header in (None, "", f"Bearer {WRONG_KEY}", ALICE_KEY, f"Basic {ALICE_KEY}"):
         with pytest.raises(Auth.exceptions.HTTPException) as caught:
@@ -323,7 +333,8 @@ async def test_graph_api_runs_with_a_key_and_refuses_without(
     async with httpx.AsyncClient(base_url=url, headers=bearer(BOB_KEY)) as http:
         paths = (await http.get("/openapi.json")).json()["paths"]
     for path in ("/health", "/stats", "/usage", "/budget", "/budget/{scope}/{key}"):
-        assert path in paths and all(op.get("summary") for op in paths[path].values())
+        assert path in paths
+        assert all(op.get("summary") for op in paths[path].values())
 
 
 async def test_gateway_in_langgraph_dev_needs_the_key_too(guarded_langgraph: tuple[str, Path]):
@@ -346,18 +357,25 @@ async def test_gateway_in_langgraph_dev_needs_the_key_too(guarded_langgraph: tup
 
 async def test_dashboard_signs_in_with_a_form_and_a_cookie(guarded: Served):
     page = await guarded.http.get("/dashboard/")
-    assert page.status_code == 401 and "<form" in page.text and 'name="key"' in page.text
+    assert page.status_code == 401
+    assert "<form" in page.text
+    assert 'name="key"' in page.text
     wrong = await guarded.http.post("/dashboard/login", data={"key": WRONG_KEY})
-    assert wrong.status_code == 401 and "not one of this router" in wrong.text
+    assert wrong.status_code == 401
+    assert "not one of this router" in wrong.text
     signed_in = await guarded.http.post("/dashboard/login", data={"key": ALICE_KEY})
-    assert signed_in.status_code == 303 and signed_in.headers["location"] == "/dashboard/"
+    assert signed_in.status_code == 303
+    assert signed_in.headers["location"] == "/dashboard/"
     cookie = signed_in.headers["set-cookie"]
-    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/dashboard" in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    assert "Path=/dashboard" in cookie
     jar = {"router_dashboard_key": ALICE_KEY}
     async with httpx.AsyncClient(base_url=guarded.base, cookies=jar) as browser:
         assert (await browser.get("/dashboard/")).status_code == 200
         data = await browser.get("/dashboard/data")
-        assert data.status_code == 200 and "budgets" in data.json()
+        assert data.status_code == 200
+        assert "budgets" in data.json()
         # the cookie opens the dashboard only, never the API
         assert (await browser.get("/stats")).status_code == 401
     assert_no_key_in(page.text, wrong.text, signed_in.text)

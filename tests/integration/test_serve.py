@@ -66,7 +66,9 @@ async def test_graph_api_streams_and_reports_errors(served):
         )
     ]
     kinds = [e.event for e in events]
-    assert kinds[0] == "metadata" and "custom" in kinds and kinds[-1] == "end"
+    assert kinds[0] == "metadata"
+    assert "custom" in kinds
+    assert kinds[-1] == "end"
     tokens = "".join(e.data["delta"]["content"] for e in events if e.event == "custom")
     final = [e.data for e in events if e.event == "values"][-1]
     assert tokens == final["response"]["content"]
@@ -74,7 +76,8 @@ async def test_graph_api_streams_and_reports_errors(served):
         await graph_api.runs.wait(None, "router", input={"messages": []})
     async with httpx.AsyncClient(base_url=url) as http:
         missing = await http.post("/runs/wait", json={"assistant_id": "nope", "input": {}})
-        assert missing.status_code == 404 and "router" in missing.json()["detail"]
+        assert missing.status_code == 404
+        assert "router" in missing.json()["detail"]
         bad_mode = await http.post(
             "/runs/stream", json={"assistant_id": "router", "input": HELLO, "stream_mode": "debug"}
         )

@@ -17,7 +17,7 @@ import pytest
 from backends.catalog import get_catalog
 from nodes.detect_intent import INTENTS, detect_intent
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 IDS = get_catalog().ids()
 
 

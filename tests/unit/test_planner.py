@@ -137,11 +137,13 @@ def test_a_flat_load_is_cheapest_all_on_gpus() -> None:
     config = PlanConfig(gpus=(0, 1, 2, 3), hourly_usd=0.1, capacity=one_second_model(2))
     result = plan(w, config, CATALOG)
     all_gpu = run_of(result, "all_gpu", 2)
-    assert all_gpu.share_gpu == 1.0 and all_gpu.late_share == 0.0
+    assert all_gpu.share_gpu == 1.0
+    assert all_gpu.late_share == 0.0
     assert all_gpu.month_cost_usd == pytest.approx(2 * 0.1 * 720)
     meeting = [r for r in result.runs if r.meets_target]
     assert all_gpu.month_cost_usd <= min(r.month_cost_usd for r in meeting) + 1e-9
-    assert result.best is not None and result.best.gpus == 2
+    assert result.best is not None
+    assert result.best.gpus == 2
     assert result.best.month_cost_usd == pytest.approx(all_gpu.month_cost_usd)
     assert run_of(result, "all_serverless", 0).month_cost_usd > 2 * all_gpu.month_cost_usd
     assert result.target_bound_usd[2] == pytest.approx(all_gpu.month_cost_usd)
@@ -153,7 +155,8 @@ def test_a_spiky_load_is_cheapest_all_serverless() -> None:
     w = workload(np.concatenate(bursts), prompt=20_000, output=2000, duration_s=86_400.0)
     result = plan(w, PlanConfig(gpus=(0, 1, 2, 4)), CATALOG)
     serverless = run_of(result, "all_serverless", 0)
-    assert result.best is not None and result.best.gpus == 0
+    assert result.best is not None
+    assert result.best.gpus == 0
     assert result.best.month_cost_usd == pytest.approx(serverless.month_cost_usd)
     assert all(r.month_cost_usd > serverless.month_cost_usd for r in result.runs if r.gpus > 0)
     assert result.marginal_gpus == 0
@@ -197,7 +200,8 @@ def test_the_marginal_rule_agrees_with_the_simulated_optimum() -> None:
     costs = {r.gpus: r.month_cost_usd / month for r in result.runs}
     assert costs[1] == pytest.approx(0.30 + 4320 * PRICE_8B)
     assert min(costs, key=lambda n: costs[n]) == result.marginal_gpus == 1
-    assert result.best is not None and result.best.gpus == 1
+    assert result.best is not None
+    assert result.best.gpus == 1
 
 
 def test_the_synthetic_week_has_the_described_shape() -> None:
@@ -213,7 +217,10 @@ def test_the_synthetic_week_has_the_described_shape() -> None:
     w = synthetic(spec, CATALOG)
     start, rates = hourly_rates(spec)
     assert start == datetime(2026, 1, 4, 23, tzinfo=UTC)  # Monday 00:00 in Paris
-    assert rates[8] == 0.2 and rates[9] == 2.0 and rates[17] == 2.0 and rates[18] == 0.2
+    assert rates[8] == 0.2
+    assert rates[9] == 2.0
+    assert rates[17] == 2.0
+    assert rates[18] == 0.2
     assert rates[5 * 24 + 12] == 0.1  # Saturday noon
     per_hour = np.bincount((w.arrival_s // 3600).astype(int), minlength=rates.size) / 3600
     for rate in (2.0, 0.2, 0.1):
@@ -294,7 +301,8 @@ def test_the_chunked_simulation_is_exact(slots: int) -> None:
     )
     assert np.array_equal(out.on_gpu, expected_gpu)
     assert np.allclose(out.wait_s, expected_wait)
-    assert out.chunks_vectorised > 0 and out.chunks_replayed > 0
+    assert out.chunks_vectorised > 0
+    assert out.chunks_replayed > 0
 
 
 def _brute_force_floor(
@@ -389,7 +397,8 @@ def test_the_simulate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
     assert planner_cli.run(_parse("--days", "1", "--peak-rps", "0.2", "--gpus", "0-1")) == 0
     text = capsys.readouterr().out
-    assert "| router (ours) | 1 |" in text and "## Recommendation" in text
+    assert "| router (ours) | 1 |" in text
+    assert "## Recommendation" in text
 
     bad = tmp_path / "bad.csv"
     bad.write_text("timestamp,prompt_tokens,completion_tokens\n1,2,x\n")

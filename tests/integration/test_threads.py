@@ -1,6 +1,6 @@
 """LangGraph threads are conversations: history grows, each run is one request.
 
-In-process with a checkpointer here; tests/test_dev_server_defaults.py runs the
+In-process with a checkpointer here; tests/integration/test_dev_server_defaults.py runs the
 same through ``langgraph dev`` on the default configuration.
 """
 
@@ -62,7 +62,8 @@ async def test_one_runs_options_do_not_leak_into_the_next(both_up: Harness):
         thread("t2"),
         context=context,
     )
-    assert first["routing"]["backend"] == "serverless" and first["request_id"] == "mine-1"
+    assert first["routing"]["backend"] == "serverless"
+    assert first["request_id"] == "mine-1"
     second = await graph.ainvoke(ask("Again"), thread("t2"), context=context)
     assert second["routing"]["backend"] == "gpu"  # not forced any more
     assert second["request_id"] != "mine-1"
@@ -96,7 +97,8 @@ async def test_a_long_thread_drops_its_oldest_turns_to_fit(both_up: Harness):
         await graph.ainvoke(ask(f"{turn} {filler}", max_tokens=50), thread("t3"), context=context)
     body = (await received(both_up.gpu_url))[-1]
     roles = [m["role"] for m in body["messages"]]
-    assert roles[0] == "system" and roles[-1] == "user"
+    assert roles[0] == "system"
+    assert roles[-1] == "user"
     assert body["messages"][-1]["content"].startswith("2 ")
     assert len(roles) < 9  # older turns were dropped to fit 400 tokens
     assert roles[1] == "user"  # a kept turn starts with the user's message

@@ -36,7 +36,8 @@ TODAY = date(2026, 3, 8)
 
 def test_the_day_clocks_go_forward_is_23_hours_and_keyed_by_the_local_date():
     w = calendar_windows(NOW, NEW_YORK)
-    assert w.day_key == "2026-03-08" and w.month_key == "2026-03"
+    assert w.day_key == "2026-03-08"
+    assert w.month_key == "2026-03"
     assert w.day_start.isoformat() == "2026-03-08T00:00:00-05:00"
     assert w.day_end.isoformat() == "2026-03-09T00:00:00-04:00"
     assert w.day_end.astimezone(UTC) - w.day_start.astimezone(UTC) == timedelta(hours=23)
@@ -67,7 +68,8 @@ def test_windows_follow_the_local_calendar(moment, zone, day, month, month_end):
     assert (w.day_key, w.month_key) == (day, month)
     assert w.month_end.date().isoformat() == month_end
     assert w.day_start <= datetime.fromisoformat(moment) < w.day_end
-    assert w.month_start <= w.day_start and w.day_end <= w.month_end
+    assert w.month_start <= w.day_start
+    assert w.day_end <= w.month_end
 
 
 def test_last_days_and_trailing_days():
@@ -76,7 +78,8 @@ def test_last_days_and_trailing_days():
     assert end == NOW
     assert days == [date(2026, 3, 6), date(2026, 3, 7), date(2026, 3, 8)]
     start, end, days = last_days(NOW, ZoneInfo("UTC"), 1)
-    assert start.isoformat() == "2026-03-09T00:00:00+00:00" and days == [date(2026, 3, 9)]
+    assert start.isoformat() == "2026-03-09T00:00:00+00:00"
+    assert days == [date(2026, 3, 9)]
     # at local midnight exactly the range still has an end after its start
     midnight = datetime(2026, 3, 9, tzinfo=UTC)
     start, end, _ = last_days(midnight, ZoneInfo("UTC"), 1)
@@ -206,8 +209,10 @@ async def test_usage_of_last_days_covers_whole_local_days_up_to_now(harness: Har
         services.ledger, services.settings, services.catalog, NOW, 3, "day"
     )
     mine = [r for r in rows if date(2026, 3, 6) <= local_day(r) and r.created_at < NOW]
-    assert report["days"] == 3 and report["group_by"] == "day"
-    assert report["start"] == "2026-03-06T00:00:00-05:00" and report["end"] == NOW.isoformat()
+    assert report["days"] == 3
+    assert report["group_by"] == "day"
+    assert report["start"] == "2026-03-06T00:00:00-05:00"
+    assert report["end"] == NOW.isoformat()
     assert report["totals"]["requests"] == len(mine)
     assert report["totals"]["cost_usd"] == pytest.approx(sum(r.cost_usd for r in mine))
     days = sorted({local_day(r).isoformat() for r in mine})
@@ -242,7 +247,8 @@ async def test_usage_stats_and_advice_cover_the_trailing_days(harness: Harness):
     assert figures["failed"] == sum(1 for r in mine if r.status != "ok")
     ok_serverless = [r for r in serverless if r.status == "ok"]
     assert figures["serverless_usd"] == pytest.approx(sum(r.cost_usd for r in ok_serverless))
-    assert advice["start"] == stats["start"] and advice["days"] == 2
+    assert advice["start"] == stats["start"]
+    assert advice["days"] == 2
 
 
 async def test_dashboard_series_split_and_alerts(harness: Harness):
@@ -357,7 +363,8 @@ async def test_price_prompt_prices_every_model_from_the_routed_view(harness: Har
         fitting=frozenset({small.id}),
     )
     result = price_prompt(catalog, settings, routed, 200)
-    assert result["prompt_tokens"] == 1000 and result["max_tokens"] == 200
+    assert result["prompt_tokens"] == 1000
+    assert result["max_tokens"] == 200
     assert "would refuse it" in result["router_pick"]["reason"]
     by_model = {m["model"]: m for m in result["models"]}
     assert set(by_model) == set(catalog.ids())
@@ -370,7 +377,8 @@ async def test_price_prompt_prices_every_model_from_the_routed_view(harness: Har
             held = math.ceil(1000 * settings.budget_estimate_margin)
             assert got["budget_reservation_usd"] == pytest.approx(spec.cost_usd(held, 200))
         else:
-            assert got["worst_case_usd"] is None and got["budget_reservation_usd"] is None
+            assert got["worst_case_usd"] is None
+            assert got["budget_reservation_usd"] is None
     assert result["gpu_pool"]["allocated_usd_per_gpu_second"] == pytest.approx(
         settings.gpu_hourly_cost_usd / 3600 / settings.gpu_concurrency_per_endpoint
     )

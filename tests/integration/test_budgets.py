@@ -133,7 +133,7 @@ async def test_two_router_processes_share_a_postgres_budget(harness: Harness, da
         LAMBDA_DAILY_BUDGET=repr(settings["lambda_daily_budget"]),
         HARD=json.dumps(HARD),
         CAP=str(CAP),
-        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+        PYTHONPATH=str(Path(__file__).resolve().parents[2]),
     )
     processes = [
         await asyncio.create_subprocess_exec(
@@ -160,7 +160,8 @@ async def test_two_router_processes_share_a_postgres_budget(harness: Harness, da
     spent = await table_sum(services, UsageRecord.cost_usd, UsageRecord.backend == "serverless")
     assert spent <= settings["lambda_daily_budget"]
     rows = await services.ledger.rows(limit=1000)
-    assert len(rows) == 200 and len({r.request_id for r in rows}) == 200
+    assert len(rows) == 200
+    assert len({r.request_id for r in rows}) == 200
     assert await table_sum(services, BudgetCounter.reserved_usd) == pytest.approx(0, abs=1e-12)
 
 
@@ -212,7 +213,8 @@ async def test_user_and_team_budgets_from_settings_and_api(harness: Harness, dat
     book = services.budgets
     assert isinstance(await book.reserve("a1", 0.8, user="alice"), Held)
     refused = await book.reserve("a2", 0.3, user="alice")
-    assert isinstance(refused, Refused) and refused.window.scope == "user"
+    assert isinstance(refused, Refused)
+    assert refused.window.scope == "user"
     # the refusal reserved nothing anywhere: all or nothing
     (global_day,) = [s for s in await book.status() if s["period"] == "day"]
     assert global_day["reserved_usd"] == pytest.approx(0.8)
@@ -221,7 +223,8 @@ async def test_user_and_team_budgets_from_settings_and_api(harness: Harness, dat
     assert isinstance(await book.reserve("t1", 0.4, user="bob", team="search"), Held)
     refused = await book.reserve("t2", 0.2, user="bob", team="search")
     assert isinstance(refused, Refused)
-    assert refused.window.scope == "team" and refused.window.period == "month"
+    assert refused.window.scope == "team"
+    assert refused.window.period == "month"
     with pytest.raises(ValueError, match="user"):
         await book.set_budget("planet", "x", 1.0, 1.0)
 
@@ -255,7 +258,8 @@ async def test_over_budget_policies(harness: Harness, database):
     reject = await harness.context(**tight, over_budget_policy="reject")
     with pytest.raises(BudgetExceededError) as caught:
         await graph.ainvoke(request(3, "rej"), context=reject)
-    assert caught.value.remaining_usd is not None and caught.value.remaining_usd >= 0
+    assert caught.value.remaining_usd is not None
+    assert caught.value.remaining_usd >= 0
     assert caught.value.resets_at.startswith("2")
     assert caught.value.status_code == 402
 

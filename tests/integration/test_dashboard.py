@@ -40,7 +40,7 @@ from graphs.router import graph
 from state.context import Context, Services
 from tests.conftest import Harness
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -214,7 +214,8 @@ async def test_data_equals_sums_of_the_ledger_rows(served: Served):
     ledger = await ledger_sums(served.services)
     data = await served.data()
 
-    assert ledger.by_backend["serverless"] == 6 and ledger.by_backend["gpu"] == 5
+    assert ledger.by_backend["serverless"] == 6
+    assert ledger.by_backend["gpu"] == 5
     assert data["totals"]["requests"] == ledger.requests == 11
     for backend in ("serverless", "gpu"):
         assert data["split"][backend]["requests"] == ledger.by_backend[backend]
@@ -223,7 +224,8 @@ async def test_data_equals_sums_of_the_ledger_rows(served: Served):
         assert data["latency"][backend]["p50_ms"] == nearest_rank(ledger.latency[backend], 0.5)
         assert data["latency"][backend]["p95_ms"] == nearest_rank(ledger.latency[backend], 0.95)
     assert data["split"]["unanswered"] == {"requests": 0}
-    assert ledger.cost["serverless"] > 0 and ledger.cost["gpu"] > 0
+    assert ledger.cost["serverless"] > 0
+    assert ledger.cost["gpu"] > 0
 
     spend = data["spend"]
     today = served.services.clock().astimezone(served.services.settings.zone).date()
@@ -257,7 +259,8 @@ async def test_data_equals_sums_of_the_ledger_rows(served: Served):
         0.8,
     )
     assert 0.8 * alert["limit_usd"] <= alert["spent_usd"] <= alert["limit_usd"]
-    assert data["range"]["days"] == 14 and data["generated_at"]
+    assert data["range"]["days"] == 14
+    assert data["generated_at"]
 
 
 async def test_days_selects_the_range_and_bad_values_are_refused(served: Served):
@@ -285,7 +288,8 @@ async def test_static_files_have_their_types_and_nothing_else_is_served(served: 
         again = await served.client.get(
             served.url + "static/" + name, headers={"if-none-match": response.headers["etag"]}
         )
-        assert again.status_code == 304 and again.content == b""
+        assert again.status_code == 304
+        assert again.content == b""
     assert (
         "MIT License" in (await served.client.get(served.url + "static/chart.js.LICENSE.md")).text
     )
@@ -306,7 +310,8 @@ async def test_static_files_have_their_types_and_nothing_else_is_served(served: 
 
     # under the mount the page lives at /dashboard/ (its URLs are relative to that)
     bare = await served.client.get(served.url.rstrip("/"))
-    assert bare.status_code == 307 and bare.headers["location"] == served.url
+    assert bare.status_code == 307
+    assert bare.headers["location"] == served.url
 
     page = await served.client.get(served.url)
     assert page.status_code == 200
@@ -338,19 +343,24 @@ async def test_the_browser_draws_the_ledger_figures(served: Served, tmp_path: Pa
     assert re.search(r"<body[^>]*\bdata-ready=\"true\"", dom), dom[:2000]
     assert "data-error" not in dom
     drawn = drawn_summary(dom)
-    assert drawn["generated_at"] and drawn["refreshes"] == 1 and drawn["charts_built"] == 1
+    assert drawn["generated_at"]
+    assert drawn["refreshes"] == 1
+    assert drawn["charts_built"] == 1
 
     spend = drawn["spend"]
-    assert spend["labels"] == 14 and min(spend["size"]) > 200  # width, height in CSS pixels
+    assert spend["labels"] == 14
+    assert min(spend["size"]) > 200
     assert spend["bars"] >= 2  # today's serverless and GPU bars
-    assert spend["view"] == "day" and spend["points"] == 14  # the daily budget line
+    assert spend["view"] == "day"
+    assert spend["points"] == 14
     assert spend["serverless_usd"] == approx(ledger.cost["serverless"])
     assert spend["gpu_usd"] == approx(ledger.cost["gpu"])
     assert spend["month_to_date_usd"] == approx(ledger.cost["serverless"])
     assert spend["daily_budget_usd"] == data["spend"]["daily_budget_usd"]
 
     split = drawn["split"]
-    assert split["segments"] == 2 and split["cost_segments"] == 2
+    assert split["segments"] == 2
+    assert split["cost_segments"] == 2
     assert split["requests"] == {"serverless": 6, "gpu": 5}
     for backend in ("serverless", "gpu"):
         assert split["requests"][backend] == ledger.by_backend[backend]
@@ -380,7 +390,8 @@ async def test_the_browser_draws_the_ledger_figures(served: Served, tmp_path: Pa
     table = re.search(r"<tbody id=\"alerts-body\">(.*?)</tbody>", dom, re.S)
     assert table, "no alerts table"
     cells = [html.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", table.group(1), re.S)]
-    assert len(cells) == 7 and "Daily · user carol" in cells
+    assert len(cells) == 7
+    assert "Daily · user carol" in cells
     assert any(re.search(r">80\s%<", c.replace("\u00a0", " ")) for c in cells), cells
     cards = drawn["cards"]
     assert cards["requests"] == ledger.requests
@@ -390,11 +401,14 @@ async def test_the_browser_draws_the_ledger_figures(served: Served, tmp_path: Pa
     # refreshed in place (the charts were built once), on the other view of the spend
     # chart: month to date against the monthly budget
     later = drawn_summary(month_dom)
-    assert later["refreshes"] >= 3 and later["charts_built"] == 1
+    assert later["refreshes"] >= 3
+    assert later["charts_built"] == 1
     assert later["split"]["requests"] == split["requests"]
     month = later["spend"]
-    assert month["view"] == "month" and month["labels"] == 7
-    assert month["bars"] == 0 and month["points"] == 2 * 7  # month to date, monthly budget
+    assert month["view"] == "month"
+    assert month["labels"] == 7
+    assert month["bars"] == 0
+    assert month["points"] == 2 * 7
     assert month["month_to_date_usd"] == approx(ledger.cost["serverless"])
 
     # offline: the browser asked this server for the page, its files and its data, nothing else
