@@ -25,12 +25,12 @@ from langchain_openai import ChatOpenAI
 os.environ.setdefault("LANGSMITH_TRACING", "false")
 os.environ.setdefault("LANGSMITH_TEST_TRACKING", "false")
 
-from backends.catalog import get_catalog  # noqa: E402
-from emulator import EmulatorConfig, serve_emulator  # noqa: E402
-from emulator.server import _EmbeddedServer  # noqa: E402
-from gateway.app import create_app  # noqa: E402
-from state.context import Context, Services, build_services  # noqa: E402
-from state.settings import Settings  # noqa: E402
+from backends.catalog import get_catalog
+from emulator import EmulatorConfig, serve_emulator
+from emulator.server import _EmbeddedServer
+from gateway.app import create_app
+from state.context import Context, Services, build_services
+from state.settings import Settings
 
 SERVERLESS_MODELS = [m.id for m in get_catalog().offered("serverless")]
 GPU_MODELS = [m.served_name("gpu") for m in get_catalog().offered("gpu")]
