@@ -23,15 +23,15 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
 from state.ledger import Ledger, RoutingOverride
+from state.schemas import BACKENDS, ComplexityLevel
 
-LEVELS = ("low", "medium", "high")
-BACKENDS = ("serverless", "gpu")
+LEVELS: tuple[str, ...] = get_args(ComplexityLevel)
 
 
 @dataclass(frozen=True, slots=True)
