@@ -44,6 +44,7 @@ async def test_server_graph_shows_the_seven_steps_and_both_fallback_edges(langgr
         ("select_model", "choose_backend", False),
         ("choose_backend", "check_budget", True),
         ("choose_backend", "generate_gpu", True),
+        ("choose_backend", "track_usage", True),  # an answer from the response cache
         ("check_budget", "generate_serverless", True),
         ("check_budget", "generate_gpu", True),
         # the fallback edges, both ways
