@@ -1,7 +1,9 @@
 """vLLM-style Prometheus metrics: the gauges and counters vLLM's ``/metrics`` exposes.
 
 Only successful requests count: a request refused as the client's fault (4xx)
-or failed by injection changes no metric.
+or failed by injection changes no metric. As vLLM does, the waiting requests
+are published twice: in total, and by reason (every emulated wait is for
+``capacity``, none ``deferred``), so a reader must match metric names exactly.
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ FAMILIES: list[tuple[str, str, str, Callable[[ModelStats], int]]] = [
         lambda s: s.waiting,
     ),
     (
+        "vllm:num_requests_waiting_by_reason",
+        "gauge",
+        "Number of waiting requests by reason. Sum of all reasons equals "
+        "vllm:num_requests_waiting.",
+        lambda s: s.waiting,
+    ),
+    (
         "vllm:prompt_tokens_total",
         "counter",
         "Number of prefill tokens processed.",
@@ -46,6 +55,9 @@ FAMILIES: list[tuple[str, str, str, Callable[[ModelStats], int]]] = [
 ]
 
 
+BY_REASON = frozenset({"vllm:num_requests_waiting_by_reason"})
+
+
 def render(stats: Mapping[str, ModelStats]) -> bytes:
     """Return the Prometheus text exposition of every model's gauges and counters."""
     lines: list[str] = []
@@ -54,5 +66,10 @@ def render(stats: Mapping[str, ModelStats]) -> bytes:
         lines.append(f"# TYPE {metric} {kind}")
         for model, model_stats in stats.items():
             label = model.replace("\\", "\\\\").replace('"', '\\"')
-            lines.append(f'{metric}{{model_name="{label}"}} {float(value(model_stats))}')
+            number = float(value(model_stats))
+            if metric in BY_REASON:
+                lines.append(f'{metric}{{model_name="{label}",reason="capacity"}} {number}')
+                lines.append(f'{metric}{{model_name="{label}",reason="deferred"}} 0.0')
+            else:
+                lines.append(f'{metric}{{model_name="{label}"}} {number}')
     return ("\n".join(lines) + "\n").encode()

@@ -78,14 +78,17 @@ def decide_backend(
     ratio = services.settings.serverless_ratio
     may_overflow = serverless_bucket(state.get("request_id") or "") < ratio
 
-    if pool.pick(gpu_model.served_name("gpu")) is None:
-        return "serverless", "every GPU endpoint is down or cooling off"
+    served = gpu_model.served_name("gpu")
+    tokens = state["prompt_tokens_estimate"] + state["output_tokens_cap"]
+    if pool.pick(served, tokens) is None:
+        return "serverless", pool.unavailable_reason(served, tokens)
     if serverless_model.tier > gpu_model.tier and may_overflow:
         return "serverless", (
             f"{serverless_model.id} (tier {serverless_model.tier}) beats the GPU pool's "
             f"{gpu_model.id} (tier {gpu_model.tier}) for this request"
         )
-    if pool.has_spare_capacity(gpu_model.served_name("gpu")):
+    # a slot counted in flight now, so concurrent requests cannot all take the same room
+    if pool.admit(served, tokens, state["request_id"]) is not None:
         return "gpu", "the GPU pool has spare capacity and is already paid for"
     if may_overflow:
         return "serverless", "the GPU pool is busy; overflow to serverless"
@@ -115,7 +118,7 @@ async def choose_backend(
         entry = await services.cache.get(key)
         if entry is not None:
             return Command(goto="track_usage", update=cached_answer(state, entry))
-    services.gpu_pool.ensure_probing()
+    await services.gpu_pool.ensure_probed()
     allowed, why_not = allowed_backends(state, services)
     claim = None
     if not state.get("force_backend"):

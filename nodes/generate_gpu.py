@@ -1,16 +1,70 @@
-"""Generate the answer on the least-loaded healthy endpoint of the GPU pool."""
+"""Generate the answer on an endpoint of the GPU pool; on failure, fall back to serverless.
+
+The request's slot was admitted when ``choose_backend`` chose the pool (it has
+counted in flight since); otherwise this node takes one on the least-loaded
+endpoint. One retry layer, the node's retry policy: a transient failure raises
+and the node runs again, on another endpoint when one may serve the request.
+The failed attempt of the run that raised would be lost with its update, so
+the pool keeps it for the next run (keyed by request id), and the attempts of
+every endpoint tried reach the state together: one per endpoint, its last
+outcome (a retry on the same endpoint, when no other may serve the request, is
+that endpoint's attempt tried again, as a retry on the same serverless API is).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from backends.errors import BackendError
-from nodes.generation import call_backend, fail_over, failed_attempt, retry_here, success_update
+from backends.gpu_pool import GpuPool
+from nodes.generation import (
+    call_backend,
+    fail_over,
+    failed_attempt,
+    next_backend,
+    retry_here,
+    success_update,
+)
 from state.context import Context, resolve_services
 from state.schemas import RouterState
+
+
+def request_tokens(state: RouterState) -> int:
+    """Return what the request needs of a model's context: its prompt plus its output cap."""
+    return state["prompt_tokens_estimate"] + state["output_tokens_cap"]
+
+
+def no_endpoint(state: RouterState, pool: GpuPool, model: str, served: str) -> BackendError:
+    """Say why no endpoint takes the request: an outage, or a request too long for the pool.
+
+    Too long for every server that serves the model, with no other backend to
+    try, is the caller's error (vLLM's own 400, before any call); otherwise it
+    is an outage of the pool and the request falls back.
+    """
+    tokens = request_tokens(state)
+    reason = pool.unavailable_reason(served, tokens)
+    longest = pool.context_limit(served)
+    if longest is None or longest >= tokens or next_backend(state, "gpu") is not None:
+        return BackendError("gpu", model, reason)
+    prompt = state["prompt_tokens_estimate"]
+    message = (
+        f"This model's maximum context length is {longest} tokens on every GPU endpoint "
+        f"that serves it; this request needs about {tokens} ({prompt} prompt tokens and "
+        f"max_tokens {state['output_tokens_cap']}), so it was not sent. Send a shorter "
+        "conversation or a lower max_tokens."
+    )
+    body = {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": "input_tokens" if prompt >= longest else "max_tokens",
+        "code": "context_length_exceeded",
+    }
+    # shaped like the backend's own refusal (the ledger's error reads "gpu: HTTP 400: ...")
+    return BackendError("gpu", model, f"HTTP 400: {message}", status=400, body=body)
 
 
 async def generate_gpu(
@@ -21,16 +75,32 @@ async def generate_gpu(
     model = services.catalog.by_id[state["candidates"]["gpu"]]
     served = model.served_name("gpu")
     pool = services.gpu_pool
-    endpoint = pool.pick(served)
+    await pool.ensure_probed()
+    tokens = request_tokens(state)
+    ticket = pool.checkout(state.get("request_id") or "", served, tokens)
+    slot = ticket.slot
     try:
-        if endpoint is None:
-            raise BackendError("gpu", model.id, pool.unavailable_reason())
-        async with pool.lease(endpoint):
-            result, message = await call_backend(endpoint.client, "gpu", state, model.id, served)
+        if slot is None:
+            raise no_endpoint(state, pool, model.id, served)
+        async with pool.lease(slot):
+            result, message = await call_backend(
+                slot.endpoint.client, "gpu", state, model.id, served
+            )
     except BackendError as error:
+        url = slot.endpoint.url if slot is not None else None
+        attempt = failed_attempt("gpu", model.id, error, url)
         if await retry_here(error, runtime):
+            pool.carry_over(ticket, attempt)  # the next run reports it
             raise
-        url = endpoint.url if endpoint is not None else None
-        return fail_over(state, "gpu", failed_attempt("gpu", model.id, error, url), error)
-    update: dict[str, Any] = success_update("gpu", model.id, result, message, endpoint=endpoint.url)
+        command = fail_over(state, "gpu", attempt, error)
+        failed = {**(command.update or {}), "attempts": ticket.record(attempt)}
+        return dataclasses.replace(command, update=failed)
+    finally:
+        if slot is not None:
+            pool.release(slot)  # the lease released it already, unless it never began
+    update: dict[str, Any] = success_update(
+        "gpu", model.id, result, message, endpoint=slot.endpoint.url
+    )
+    (answered,) = update["attempts"]
+    update["attempts"] = ticket.record(answered)
     return Command(goto="track_usage", update=update)
