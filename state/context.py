@@ -146,6 +146,7 @@ async def build_services(
         concurrency_per_endpoint=settings.gpu_concurrency_per_endpoint,
         cooldown_s=settings.gpu_cooldown_s,
         probe_interval_s=settings.gpu_health_interval_s,
+        kv_cache_busy=settings.gpu_kv_cache_busy,
     )
     if ledger is None:
         ledger = Ledger(await asyncio.to_thread(build_engine, settings), settings)
