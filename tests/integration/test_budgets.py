@@ -115,33 +115,31 @@ asyncio.run(main())
 """
 
 
-async def test_two_router_processes_share_a_postgres_budget(harness: Harness, database):
-    if "database_schema" not in database:
-        pytest.skip("sharing a budget between processes is the PostgreSQL deployment")
-    await start_backends(harness)
-    settings = budget_settings(database)
+async def run_router_processes(
+    harness: Harness, database: dict[str, Any], requests_each: int, **env_extra: str
+) -> list[str]:
+    """Run ROUTER_PROCESS in two processes on ``database``; return every request's backend."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LANGSMITH")}
     env.update(
         LANGSMITH_TRACING="false",
         LAMBDA_API_KEY=TEST_KEY,
         LAMBDA_API_BASE=harness.serverless_url,
         GPU_ENDPOINTS=harness.gpu_url,
-        DATABASE_URL=settings["database_url"],
-        DATABASE_SCHEMA=settings["database_schema"],
+        DATABASE_URL=database["database_url"],
+        DATABASE_SCHEMA=database["database_schema"],
         SERVERLESS_RATIO="1",
-        BUDGET_ESTIMATE_MARGIN="1",
-        LAMBDA_DAILY_BUDGET=repr(settings["lambda_daily_budget"]),
         HARD=json.dumps(HARD),
-        CAP=str(CAP),
+        CAP="8",
         PYTHONPATH=str(Path(__file__).resolve().parents[2]),
     )
+    env.update(env_extra)
     processes = [
         await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
             ROUTER_PROCESS,
             name,
-            "100",
+            str(requests_each),
             env=env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -155,6 +153,22 @@ async def test_two_router_processes_share_a_postgres_budget(harness: Harness, da
     for process, (out, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, err.decode()[-3000:]
         backends += json.loads(out.decode().strip().splitlines()[-1])
+    return backends
+
+
+async def test_two_router_processes_share_a_postgres_budget(harness: Harness, database):
+    if "database_schema" not in database:
+        pytest.skip("sharing a budget between processes is the PostgreSQL deployment")
+    await start_backends(harness)
+    settings = budget_settings(database)
+    backends = await run_router_processes(
+        harness,
+        settings,
+        requests_each=100,
+        BUDGET_ESTIMATE_MARGIN="1",
+        LAMBDA_DAILY_BUDGET=repr(settings["lambda_daily_budget"]),
+        CAP=str(CAP),
+    )
     assert backends.count("serverless") == 50
     services = await harness.services(**settings)
     spent = await table_sum(services, UsageRecord.cost_usd, UsageRecord.backend == "serverless")

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from graphs.router import graph
 from tests.conftest import TEST_KEY, Harness
-from tests.integration.test_budgets import HARD, ROUTER_PROCESS
+from tests.integration.test_budgets import HARD, run_router_processes
 
 SIMPLE = [{"role": "user", "content": "Hello!"}]
 
@@ -78,38 +74,6 @@ async def test_two_processes_on_postgres_send_exactly_the_next_three_to_gpu(
     await harness.start("gpu")
     services = await harness.services(serverless_ratio=1.0, **database)
     await services.overrides.set("gpu", count=3)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LANGSMITH")}
-    env.update(
-        LANGSMITH_TRACING="false",
-        LAMBDA_API_KEY=TEST_KEY,
-        LAMBDA_API_BASE=harness.serverless_url,
-        GPU_ENDPOINTS=harness.gpu_url,
-        DATABASE_URL=database["database_url"],
-        DATABASE_SCHEMA=database["database_schema"],
-        SERVERLESS_RATIO="1",
-        HARD=json.dumps(HARD),
-        CAP="8",
-        PYTHONPATH=str(Path(__file__).resolve().parents[2]),
-    )
-    processes = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            ROUTER_PROCESS,
-            name,
-            "5",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        for name in ("a", "b")
-    ]
-    outputs = await asyncio.wait_for(
-        asyncio.gather(*(p.communicate() for p in processes)), timeout=120
-    )
-    backends: list[str] = []
-    for process, (out, err) in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, err.decode()[-3000:]
-        backends += json.loads(out.decode().strip().splitlines()[-1])
+    backends = await run_router_processes(harness, database, requests_each=5)
     assert sorted(backends) == ["gpu"] * 3 + ["serverless"] * 7
     assert await services.overrides.active(fresh=True) == []
