@@ -444,8 +444,10 @@ async def test_a_request_goes_only_where_max_model_len_holds_it(
 async def test_a_burst_of_40_never_puts_more_than_the_capacity_on_one_endpoint(
     harness: Harness, gpus: Callable[..., Awaitable[Gpu]]
 ):
-    first = await gpus(ttft_ms=300)
-    second = await gpus(ttft_ms=300)
+    # slow enough that all 40 are decided before the first answer frees a slot,
+    # even on a loaded machine
+    first = await gpus(ttft_ms=1500)
+    second = await gpus(ttft_ms=1500)
     services = await services_on(
         harness, first, second, serverless_ratio=1.0, gpu_concurrency_per_endpoint=16
     )
