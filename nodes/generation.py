@@ -130,10 +130,6 @@ class _Listeners:
         self.backend = backend
         self.sent = False
 
-    @property
-    def streaming(self) -> bool:
-        return self.custom is not None or self.run is not None
-
     async def start(self, state: RouterState, model: str, payload: dict[str, Any]) -> None:
         if state.get("stream"):
             self.custom = get_stream_writer()
