@@ -9,7 +9,7 @@ export LANGSMITH_TEST_TRACKING ?= false
 export LANGGRAPH_CLI_NO_ANALYTICS ?= 1
 export LANGGRAPH_NO_VERSION_CHECK ?= true
 
-.PHONY: serve ask dev test lint install install-test bench
+.PHONY: serve ask dev test test-vllm lint install install-test bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ lint: install-test
 test: lint
 	$(BIN)/python -m pytest -q tests/unit
 	$(BIN)/python -m pytest -q tests/integration
+
+# The GPU pool against two real vLLM servers (the CPU build, a tiny random Llama
+# made offline). vLLM gets its own virtualenv, .venv-vllm (about 3.4 GB), never .venv;
+# setup.sh skips what is already there.
+test-vllm: install-test
+	PYTHON=$(PYTHON) tests/vllm/setup.sh
+	$(BIN)/python -m pytest -q tests/vllm
 
 # The benchmarks (BENCHMARKS.md). LiteLLM pins its own openai client, so the
 # comparison runs from a separate virtualenv, .venv-bench, never from .venv.

@@ -32,6 +32,10 @@ from gateway.app import create_app
 from state.context import Context, Services, build_services
 from state.settings import Settings
 
+# The real-vLLM tier runs on its own (make test-vllm: it installs vLLM and starts
+# two servers); pytest still collects it when asked by path (tests/vllm).
+collect_ignore = ["vllm"]
+
 SERVERLESS_MODELS = [m.id for m in get_catalog().offered("serverless")]
 GPU_MODELS = [m.served_name("gpu") for m in get_catalog().offered("gpu")]
 TEST_KEY = "sk-test-serverless-key-0123456789"
