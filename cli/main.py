@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import sys
@@ -50,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--allow-open-access",
+        action="store_true",
+        help="serve a non-loopback address without ROUTER_API_KEYS (anyone who reaches it "
+        "may spend the budgets)",
+    )
 
     commands.add_parser(
         "mcp", help="serve the MCP tools (invoke_serverless, estimate_cost, ...) over stdio"
@@ -133,6 +140,38 @@ def _emulate(args: argparse.Namespace) -> None:
     run(config, args.host, args.port)
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _open_to_the_network(args: argparse.Namespace) -> bool:
+    """Refuse a non-loopback bind without API keys, unless the operator says so; warn then."""
+    from state.settings import get_settings
+
+    if _is_loopback(args.host) or get_settings().router_api_keys:
+        return False
+    if not args.allow_open_access:
+        print(
+            f"refusing to serve {args.host} without ROUTER_API_KEYS: anyone who reaches it could "
+            "send requests that spend the budgets. Set ROUTER_API_KEYS (key:user[:team], "
+            "comma-separated), serve 127.0.0.1, or pass --allow-open-access if the network "
+            "itself is trusted.",
+            file=sys.stderr,
+        )
+        return True
+    print(
+        f"WARNING: serving {args.host} with no ROUTER_API_KEYS (--allow-open-access): "
+        "every caller is anonymous and may spend the budgets.",
+        file=sys.stderr,
+    )
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
@@ -148,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from gateway.serve import serve
 
+            if _open_to_the_network(args):
+                return 2
             serve(args.host, args.port, args.workers)
             return 0
         if args.command == "mcp":

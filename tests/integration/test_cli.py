@@ -123,3 +123,12 @@ def test_migrate_brings_a_fresh_database_to_head(tmp_path: Path):
     from state.migrate import alembic_config
 
     assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def test_serve_refuses_an_open_network_bind_without_api_keys(tmp_path: Path):
+    refused = run_cli(tmp_path, "serve", "--host", "0.0.0.0", "--port", str(free_port()))
+    assert refused.returncode == 2
+    assert "ROUTER_API_KEYS" in refused.stderr
+    assert "--allow-open-access" in refused.stderr
+    named = run_cli(tmp_path, "serve", "--host", "router.internal", "--port", "1")
+    assert named.returncode == 2  # a host name may resolve to anything: refused too
