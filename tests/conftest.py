@@ -278,3 +278,34 @@ async def start_gateway(harness: Harness) -> AsyncIterator[StartGateway]:
 @pytest.fixture
 async def gateway(both_up: Harness, start_gateway: StartGateway) -> Gateway:
     return await start_gateway(await both_up.services())
+
+
+# -- what the backends and the budgets saw ----------------------------------------------
+
+
+async def received(url: str) -> list[dict[str, Any]]:
+    """Return the request bodies an emulator at ``url`` received, oldest first."""
+    async with httpx.AsyncClient(headers={"authorization": f"Bearer {TEST_KEY}"}) as http:
+        return (await http.get(f"{url}/_received")).json()["data"]
+
+
+async def budget_books(services: Services) -> dict[str, Any]:
+    """Return the global day window's committed and reserved spend, and every hold's status."""
+    from sqlalchemy import select
+
+    from state.ledger import BudgetCounter, Reservation
+
+    async with services.ledger.engine.connect() as conn:
+        counters = (
+            await conn.execute(
+                select(BudgetCounter.committed_usd, BudgetCounter.reserved_usd).where(
+                    BudgetCounter.scope == "global", BudgetCounter.period == "day"
+                )
+            )
+        ).all()
+        holds = [r[0] for r in await conn.execute(select(Reservation.status))]
+    return {
+        "committed": sum(c[0] for c in counters),
+        "reserved": sum(c[1] for c in counters),
+        "holds": holds,
+    }

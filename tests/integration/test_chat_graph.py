@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
 from backends.tokens import count_message_tokens
 from graphs.chat import builder
 from state.checkpoints import open_checkpointer
-from tests.conftest import TEST_KEY, Harness
+from tests.conftest import Harness, received
 from tests.integration.test_budgets import HARD
 
 THREAD = {"configurable": {"thread_id": "c1"}}
@@ -54,12 +53,7 @@ async def test_a_thread_chats_and_answers_usage_from_the_ledger(both_up: Harness
     assert [type(m) for m in messages] == [HumanMessage, AIMessage] * 4
     assert len(await services.ledger.rows()) == 3  # ledger answers are not router requests
     # the last turn reached a backend with the whole conversation before it
-    async with httpx.AsyncClient(headers={"authorization": f"Bearer {TEST_KEY}"}) as http:
-        bodies = [
-            body
-            for url in (both_up.gpu_url, both_up.serverless_url)
-            for body in (await http.get(f"{url}/_received")).json()["data"]
-        ]
+    bodies = [*await received(both_up.gpu_url), *await received(both_up.serverless_url)]
     (sent,) = [b for b in bodies if b["messages"][-1]["content"].endswith("a queue?")]
     assert [m["content"] for m in sent["messages"]] == [m.content for m in messages[:-1]]
 

@@ -12,31 +12,16 @@ import time
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from graphs.router import graph
 from state.errors import AllBackendsFailedError
-from state.ledger import BudgetCounter, Reservation
-from tests.conftest import TEST_KEY, Harness
+from tests.conftest import TEST_KEY, Harness, budget_books, received
 
 ASK = {
     "messages": [{"role": "user", "content": "Describe a sorting algorithm"}],
     "force_backend": "serverless",
     "max_tokens": 32,
 }
-
-
-async def money(context: Any) -> tuple[float, float, list[str]]:
-    async with context.services.ledger.engine.connect() as conn:
-        counters = (
-            await conn.execute(
-                select(BudgetCounter.committed_usd, BudgetCounter.reserved_usd).where(
-                    BudgetCounter.scope == "global", BudgetCounter.period == "day"
-                )
-            )
-        ).all()
-        holds = [r[0] for r in await conn.execute(select(Reservation.status))]
-    return sum(c[0] for c in counters), sum(c[1] for c in counters), holds
 
 
 async def run(harness: Harness, stream: bool = False, **overrides: Any) -> tuple[Any, Any]:
@@ -53,7 +38,8 @@ async def assert_fell_back_once(context: Any, result: dict[str, Any]) -> None:
     assert row.status == "ok"
     assert row.backend == "gpu"
     assert row.fallbacks == 1
-    committed, reserved, holds = await money(context)
+    books = await budget_books(context.services)
+    committed, reserved, holds = books["committed"], books["reserved"], books["holds"]
     assert committed == 0.0
     assert reserved == pytest.approx(0.0)
     assert holds == ["released"]
@@ -86,15 +72,8 @@ async def test_a_429_with_a_long_retry_after_falls_back_at_once(harness: Harness
     await harness.start("gpu")
     context, result = await run(harness)
     await assert_fell_back_once(context, result)
-    received = await received_count(harness)
-    assert received == 1  # no retry against a backend that asked for a minute
-
-
-async def received_count(harness: Harness) -> int:
-    import httpx
-
-    async with httpx.AsyncClient(headers={"authorization": f"Bearer {TEST_KEY}"}) as http:
-        return len((await http.get(f"{harness.serverless_url}/_received")).json()["data"])
+    calls = len(await received(harness.serverless_url))
+    assert calls == 1  # no retry against a backend that asked for a minute
 
 
 async def test_a_refused_connection_falls_back(harness: Harness):
@@ -121,7 +100,7 @@ async def test_a_stream_cut_off_midway_falls_back_without_a_retry(harness: Harne
     context, result = await run(harness, stream=True)
     await assert_fell_back_once(context, result)
     assert "after the answer began streaming" in result["routing"]["attempts"][0]["error"]
-    assert await received_count(harness) == 1  # the caller had tokens: no second try
+    assert len(await received(harness.serverless_url)) == 1  # the caller had tokens: no second try
 
 
 async def test_a_very_slow_first_token_times_out_and_falls_back(harness: Harness):
@@ -141,7 +120,8 @@ async def test_an_answer_without_usage_is_counted_and_charged_once(harness: Harn
     assert result["usage"]["prompt_tokens"] > 0
     assert result["usage"]["completion_tokens"] > 0
     (row,) = await context.services.ledger.rows()
-    committed, reserved, holds = await money(context)
+    books = await budget_books(context.services)
+    committed, reserved, holds = books["committed"], books["reserved"], books["holds"]
     assert row.cost_usd > 0
     assert committed == pytest.approx(row.cost_usd)
     assert reserved == pytest.approx(0.0)
@@ -156,7 +136,8 @@ async def test_both_broken_is_a_typed_error_with_one_row(harness: Harness):
         await graph.ainvoke(ASK, context=context)
     (row,) = await context.services.ledger.rows()
     assert row.status == "failed"
-    committed, reserved, holds = await money(context)
+    books = await budget_books(context.services)
+    committed, reserved, holds = books["committed"], books["reserved"], books["holds"]
     assert committed == 0.0
     assert reserved == pytest.approx(0.0)
     assert holds == ["released"]

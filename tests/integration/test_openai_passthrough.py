@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
-from tests.conftest import TEST_KEY, Gateway, Harness
+from tests.conftest import Gateway, Harness, received
 
 WEATHER_TOOL = {
     "type": "function",
@@ -31,11 +30,6 @@ WEATHER_TOOL = {
     },
 }
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-
-
-async def received(url: str) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(headers={"authorization": f"Bearer {TEST_KEY}"}) as http:
-        return (await http.get(f"{url}/_received")).json()["data"]
 
 
 async def test_a_tool_call_round_trip_works_with_the_openai_sdk(gateway: Gateway):

@@ -12,13 +12,11 @@ import asyncio
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from graphs.router import graph
-from state.context import Context, Services
+from state.context import Context
 from state.errors import AllBackendsFailedError, BackendRejectedError
-from state.ledger import BudgetCounter, Reservation
-from tests.conftest import TEST_KEY, Harness
+from tests.conftest import TEST_KEY, Harness, budget_books
 
 ASK = {"messages": [{"role": "user", "content": "Compare two sorting algorithms"}]}
 TOOLS = [
@@ -27,22 +25,6 @@ TOOLS = [
         "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}},
     }
 ]
-
-
-async def books(services: Services) -> dict[str, Any]:
-    """Return the global day window's committed and reserved spend, and every hold."""
-    async with services.ledger.engine.connect() as conn:
-        counters = (
-            await conn.execute(
-                select(BudgetCounter.committed_usd, BudgetCounter.reserved_usd).where(
-                    BudgetCounter.scope == "global", BudgetCounter.period == "day"
-                )
-            )
-        ).all()
-        holds = (await conn.execute(select(Reservation.status, Reservation.amount_usd))).all()
-    committed = sum(c[0] for c in counters)
-    reserved = sum(c[1] for c in counters)
-    return {"committed": committed, "reserved": reserved, "holds": [h[0] for h in holds]}
 
 
 async def only_row(context: Context) -> Any:
@@ -55,7 +37,7 @@ async def test_serverless_answers_and_its_hold_is_settled_at_the_real_cost(both_
     context = await both_up.context()
     result = await graph.ainvoke({**ASK, "force_backend": "serverless"}, context=context)
     assert result["routing"]["backend"] == "serverless"
-    after = await books(context.services)  # type: ignore[arg-type]
+    after = await budget_books(context.services)  # type: ignore[arg-type]
     row = await only_row(context)
     assert after["holds"] == ["settled"]
     assert after["committed"] == pytest.approx(row.cost_usd)
@@ -70,7 +52,7 @@ async def test_serverless_fails_then_gpu_answers_and_the_hold_is_released(harnes
     result = await graph.ainvoke({**ASK, "force_backend": "serverless"}, context=context)
     assert [a["backend"] for a in result["routing"]["attempts"]] == ["serverless", "gpu"]
     assert result["cost_usd"] > 0  # the GPU share of the pool, on the ledger row
-    after = await books(context.services)  # type: ignore[arg-type]
+    after = await budget_books(context.services)  # type: ignore[arg-type]
     assert after["holds"] == ["released"]
     # the GPU answer's cost never reaches the serverless budget
     assert after["committed"] == pytest.approx(0.0)
@@ -83,7 +65,7 @@ async def test_gpu_fails_then_serverless_holds_at_the_fallback_and_settles(harne
     context = await harness.context()
     result = await graph.ainvoke(ASK, context=context)
     assert [a["backend"] for a in result["routing"]["attempts"]] == ["gpu", "serverless"]
-    after = await books(context.services)  # type: ignore[arg-type]
+    after = await budget_books(context.services)  # type: ignore[arg-type]
     row = await only_row(context)
     assert after["holds"] == ["settled"]
     assert after["committed"] == pytest.approx(row.cost_usd)
@@ -97,7 +79,7 @@ async def test_a_refused_hold_at_the_fallback_ends_the_request_as_failed(harness
     context = await harness.context(lambda_daily_budget=0.0)
     with pytest.raises(AllBackendsFailedError, match="daily budget"):
         await graph.ainvoke(ASK, context=context)
-    after = await books(context.services)  # type: ignore[arg-type]
+    after = await budget_books(context.services)  # type: ignore[arg-type]
     assert after["holds"] == []
     assert after["committed"] == 0.0
     assert (await only_row(context)).status == "failed"
@@ -109,7 +91,7 @@ async def test_both_fail_and_the_hold_is_released(harness: Harness):
     context = await harness.context()
     with pytest.raises(AllBackendsFailedError):
         await graph.ainvoke({**ASK, "force_backend": "serverless"}, context=context)
-    after = await books(context.services)  # type: ignore[arg-type]
+    after = await budget_books(context.services)  # type: ignore[arg-type]
     assert after["holds"] == ["released"]
     assert after["committed"] == pytest.approx(0.0)
     assert after["reserved"] == pytest.approx(0.0)
@@ -122,7 +104,7 @@ async def test_a_client_error_releases_the_hold_without_fallback(both_up: Harnes
     with pytest.raises(BackendRejectedError) as caught:
         await graph.ainvoke({**ASK, "force_backend": "serverless", "params": bad}, context=context)
     assert caught.value.status_code == 400
-    after = await books(context.services)  # type: ignore[arg-type]
+    after = await budget_books(context.services)  # type: ignore[arg-type]
     assert after["holds"] == ["released"]
     assert after["committed"] == pytest.approx(0.0)
     assert after["reserved"] == pytest.approx(0.0)
@@ -144,7 +126,7 @@ async def test_a_cancelled_stream_gives_its_hold_back(harness: Harness):
         break  # the caller goes away after the first token
     await stream.aclose()
     await asyncio.sleep(0.05)
-    after = await books(context.services)  # type: ignore[arg-type]
+    after = await budget_books(context.services)  # type: ignore[arg-type]
     assert after["holds"] == ["released"]
     assert after["reserved"] == pytest.approx(0.0)
     assert after["committed"] == pytest.approx(0.0)

@@ -6,20 +6,14 @@ import asyncio
 import uuid
 from typing import Any
 
-import httpx
 import pytest
 
 from graphs.router import graph
-from tests.conftest import Harness
+from tests.conftest import Harness, received
 
 
 def ask(text: str, **extra: Any) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": text}], "temperature": 0, **extra}
-
-
-async def gpu_calls(harness: Harness) -> int:
-    async with httpx.AsyncClient() as http:
-        return len((await http.get(f"{harness.gpu_url}/_received")).json()["data"])
 
 
 @pytest.fixture(params=["ledger", "redis"])
@@ -34,7 +28,7 @@ async def test_the_same_request_twice_is_answered_once_and_the_repeat_is_free(
     text = f"What is a hash map? {uuid.uuid4().hex}"
     first = await graph.ainvoke(ask(text, user="alice"), context=context)
     second = await graph.ainvoke(ask(text, user="alice"), context=context)
-    assert await gpu_calls(both_up) == 1
+    assert len(await received(both_up.gpu_url)) == 1
     assert second["response"] == first["response"]
     assert second["usage"] == first["usage"]
     assert second["cost_usd"] == 0.0
@@ -53,12 +47,12 @@ async def test_the_cache_never_crosses_users_unless_shared(both_up: Harness, sto
     await graph.ainvoke(ask(text, user="alice"), context=private)
     bob = await graph.ainvoke(ask(text, user="bob"), context=private)
     assert bob["cost_usd"] > 0
-    assert await gpu_calls(both_up) == 2
+    assert len(await received(both_up.gpu_url)) == 2
     shared = await both_up.context(response_cache_shared=True, **store)
     await graph.ainvoke(ask(text + " shared", user="alice"), context=shared)
     carol = await graph.ainvoke(ask(text + " shared", user="carol"), context=shared)
     assert carol["cost_usd"] == 0.0
-    assert await gpu_calls(both_up) == 3
+    assert len(await received(both_up.gpu_url)) == 3
 
 
 async def test_only_deterministic_requests_without_tools_are_cached(both_up: Harness):
@@ -72,7 +66,7 @@ async def test_only_deterministic_requests_without_tools_are_cached(both_up: Har
     ):
         await graph.ainvoke(request, context=context)
         await graph.ainvoke(request, context=context)
-    assert await gpu_calls(both_up) == 6
+    assert len(await received(both_up.gpu_url)) == 6
 
 
 async def test_an_entry_expires_after_its_ttl(both_up: Harness, store: dict[str, Any]):
@@ -80,11 +74,11 @@ async def test_an_entry_expires_after_its_ttl(both_up: Harness, store: dict[str,
     text = f"Define latency {uuid.uuid4().hex}"
     await graph.ainvoke(ask(text), context=context)
     await graph.ainvoke(ask(text), context=context)
-    assert await gpu_calls(both_up) == 1
+    assert len(await received(both_up.gpu_url)) == 1
     await asyncio.sleep(0.5)
     again = await graph.ainvoke(ask(text), context=context)
     assert again["cost_usd"] > 0
-    assert await gpu_calls(both_up) == 2
+    assert len(await received(both_up.gpu_url)) == 2
 
 
 async def test_a_streamed_hit_still_streams_the_answer(both_up: Harness):

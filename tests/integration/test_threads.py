@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
@@ -16,7 +15,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from backends.catalog import Catalog, get_catalog
 from graphs.router import builder
 from state.errors import PromptTooLargeError
-from tests.conftest import TEST_KEY, Harness
+from tests.conftest import Harness, received
 
 
 def thread(name: str) -> dict[str, Any]:
@@ -25,11 +24,6 @@ def thread(name: str) -> dict[str, Any]:
 
 def ask(text: str, **options: Any) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": text}], **options}
-
-
-async def received(url: str) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(headers={"authorization": f"Bearer {TEST_KEY}"}) as http:
-        return (await http.get(f"{url}/_received")).json()["data"]
 
 
 async def test_three_runs_on_a_thread_are_one_conversation(both_up: Harness):
