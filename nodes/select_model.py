@@ -169,6 +169,7 @@ async def select_model(state: RouterState, runtime: Runtime[Context]) -> dict[st
     requested = state.get("model")
     eligible = _eligible(catalog, requested, needs)
     update: dict[str, Any] = {}
+    dropped = 0
 
     largest = max(eligible, key=lambda m: m.context_window)
     if not fits(largest, prompt_tokens, output_tokens):
@@ -177,9 +178,7 @@ async def select_model(state: RouterState, runtime: Runtime[Context]) -> dict[st
         )
         if not fits(largest, prompt_tokens, output_tokens):
             raise _too_large(largest, prompt_tokens, output_tokens)
-        update.update(
-            prompt_messages=kept, prompt_tokens_estimate=prompt_tokens, trimmed_messages=dropped
-        )
+        update.update(prompt_messages=kept, prompt_tokens_estimate=prompt_tokens)
 
     if requested and requested != "auto":
         spec = eligible[0]
@@ -202,8 +201,8 @@ async def select_model(state: RouterState, runtime: Runtime[Context]) -> dict[st
             reason += "; no model of that tier fits on every backend"
         if needs:
             reason += f"; needs {', '.join(sorted(needs))}"
-    if "trimmed_messages" in update:
-        reason += f"; dropped the {update['trimmed_messages']} oldest messages to fit"
+    if dropped:
+        reason += f"; dropped the {dropped} oldest messages to fit"
     update.update(candidates=candidates, selection_reason=reason)
     update["decisions"] = {"select_model": {"candidates": candidates, "reason": reason}}
     return update

@@ -221,7 +221,6 @@ class RouterState(RouterInput, total=False):
     started_at: float
     prompt_messages: list[dict[str, Any]]
     prompt_tokens_estimate: int
-    trimmed_messages: int
     output_tokens_cap: int
     requires: dict[str, str]
     complexity: Complexity
