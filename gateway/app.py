@@ -72,7 +72,7 @@ from gateway.chat_request import ChatRequest, parse_chat_request
 from gateway.dashboard import create_dashboard
 from gateway.http_errors import ModelNotFoundError, v1_fallback_routes
 from gateway.limits import BodyLimitMiddleware
-from gateway.metrics import RouterMetrics
+from gateway.metrics import RouterMetrics, mark_worker_dead
 from gateway.openai_format import (
     ChunkWriter,
     completion_body,
@@ -150,12 +150,22 @@ class Gateway:
             self._max_request_bytes = settings.max_request_bytes
         return self._max_request_bytes
 
+    def observe_pool(self, context: Context | None) -> None:
+        """Copy the GPU pool's per-endpoint figures into the metrics (after a request)."""
+        if context is not None and context.services is not None:
+            self.metrics.observe_pool(context.services.gpu_pool)
+
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        """Close the default services (clients, emulators, engine) on shutdown."""
+        """Close the default services (clients, emulators, engine) on shutdown.
+
+        With several workers, also drop this worker's live gauges from the shared
+        metrics directory (:func:`gateway.metrics.mark_worker_dead`).
+        """
         try:
             yield
         finally:
+            mark_worker_dead()
             if self._owns_default:
                 await close_default_services()
 
@@ -200,6 +210,7 @@ class Gateway:
         """
         request_id = uuid.uuid4().hex
         started = time.perf_counter()
+        context: Context | None = None
         try:
             parsed = parse_chat_request(await request.body(), request_id, caller(request))
             context = Context(services=await self._services())
@@ -210,8 +221,10 @@ class Gateway:
             )
         except Exception as exc:
             self.metrics.observe_error(exc, time.perf_counter() - started)
+            self.observe_pool(context)
             return _error_response(exc, request_id)
         self.metrics.observe_result(result, time.perf_counter() - started)
+        self.observe_pool(context)
         routing = result.get("routing") or {}
         headers = {
             "x-router-backend": str(routing.get("backend")),
@@ -249,6 +262,7 @@ class Gateway:
             }
             body = writer.end(run.values, parsed.include_usage, with_role=True)
             self.metrics.observe_result(run.values, time.perf_counter() - started)
+            self.observe_pool(context)
             return Response(body, media_type=_SSE, headers=headers)
         backend: Backend = first["backend"]
         self.metrics.observe_first_token(backend, time.perf_counter() - started)
@@ -268,6 +282,7 @@ class Gateway:
                 metrics.observe_result(run.values, latency)
             else:
                 metrics.observe_error(outcome, latency, backend=backend, model=model, status=status)
+            self.observe_pool(context)
 
         return StreamingResponse(
             sse_events(

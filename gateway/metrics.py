@@ -22,11 +22,19 @@ streaming or not, answered or failed:
   ``router_budget_limit_usd`` by ``scope``, ``key`` and ``period``: set at every
   scrape from :func:`state.reporting.budget_status.every_budget_status` (the
   ledger is shared, so these are the same in every process).
+- Per GPU endpoint (label ``endpoint``: its URL without credentials, query or
+  fragment): ``router_gpu_endpoint_requests_total``,
+  ``router_gpu_endpoint_failures_total``, ``router_gpu_endpoint_cooldowns_total``,
+  ``router_gpu_endpoint_in_flight``, ``router_gpu_endpoint_peak_in_flight`` and
+  ``router_gpu_endpoint_up``: copied from the pool (:meth:`RouterMetrics.observe_pool`)
+  after every request and at every scrape.
 
-With several uvicorn workers each worker has its own registry and a scrape
-reaches one of them: the request counters and histograms are that worker's
-share only (sum them per instance in Prometheus, or scrape each worker), while
-the budget gauges, read from the ledger, are the whole router's. The ledger
+With several workers (``hybrid-router serve --workers N``) the server sets
+``PROMETHEUS_MULTIPROC_DIR`` and prometheus-client's multiprocess mode keeps
+every worker's counters and histograms in files there, so whichever worker a
+scrape reaches answers the whole server's totals; a worker's live gauges
+(in flight, up) leave with it (:func:`mark_worker_dead`). Another worker's
+in-flight and up gauges are as of its last request or scrape. The ledger
 (``GET /stats``, ``GET /usage``) stays the source of truth for money.
 """
 
@@ -34,17 +42,23 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
+from backends.gpu_pool import GpuPool, shown_url
 from state.errors import AllBackendsFailedError, RouterError
 
 logger = logging.getLogger(__name__)
 
 NONE = "none"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -109,25 +123,54 @@ class RouterMetrics:
             buckets=TTFT_BUCKETS,
             registry=self.registry,
         )
-        window = ["scope", "key", "period"]
-        self.budget_used_usd = Gauge(
-            "router_budget_used_usd",
-            "Committed serverless spend of the current budget window.",
-            window,
+        self._budgets = _BudgetGauges()
+        self.registry.register(self._budgets)
+        endpoint = ["endpoint"]
+        self.endpoint_requests = Counter(
+            "router_gpu_endpoint_requests",
+            "Requests this router sent to each GPU endpoint (every try, retries included).",
+            endpoint,
             registry=self.registry,
         )
-        self.budget_used_fraction = Gauge(
-            "router_budget_used_fraction",
-            "Committed spend over the limit of the current budget window.",
-            window,
+        self.endpoint_failures = Counter(
+            "router_gpu_endpoint_failures",
+            "Requests to each GPU endpoint that failed as the server's fault (connection "
+            "error, timeout, 401, 403, 408, 425, 429, 5xx).",
+            endpoint,
             registry=self.registry,
         )
-        self.budget_limit_usd = Gauge(
-            "router_budget_limit_usd",
-            "Limit of the current budget window.",
-            window,
+        self.endpoint_cooldowns = Counter(
+            "router_gpu_endpoint_cooldowns",
+            "Times each GPU endpoint was put to cool off after failures.",
+            endpoint,
             registry=self.registry,
         )
+        self.endpoint_in_flight = Gauge(
+            "router_gpu_endpoint_in_flight",
+            "This router's requests on each GPU endpoint now (summed over live workers).",
+            endpoint,
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.endpoint_peak_in_flight = Gauge(
+            "router_gpu_endpoint_peak_in_flight",
+            "Most of this router's requests on each GPU endpoint at once (per worker: the "
+            "highest).",
+            endpoint,
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.endpoint_up = Gauge(
+            "router_gpu_endpoint_up",
+            "1 when the GPU endpoint takes traffic (up, or on trial after a cool-down); 0 "
+            "when it is down, cooling off or not probed yet (with several workers: 1 only "
+            "when every live worker sees it up).",
+            endpoint,
+            registry=self.registry,
+            multiprocess_mode="livemin",
+        )
+        # the pool's counts when they were last copied, by endpoint URL
+        self._synced: dict[str, tuple[int, int, int]] = {}
 
     # -- requests -------------------------------------------------------------------------
 
@@ -235,15 +278,92 @@ class RouterMetrics:
                 them, one per scope, key and period (e.g.
                 :func:`state.reporting.budget_status.every_budget_status`).
         """
-        # No await here: a scrape never sees the gauges half refreshed.
-        for gauge in (self.budget_used_usd, self.budget_used_fraction, self.budget_limit_usd):
-            gauge.clear()
-        for window in windows:
-            labels = (window["scope"], window["key"], window["period"])
-            self.budget_used_usd.labels(*labels).set(window["spent_usd"])
-            self.budget_used_fraction.labels(*labels).set(window["used_fraction"])
-            self.budget_limit_usd.labels(*labels).set(window["limit_usd"])
+        self._budgets.windows = list(windows)
+
+    # -- the GPU pool ---------------------------------------------------------------------
+
+    def observe_pool(self, pool: GpuPool) -> None:
+        """Copy the GPU pool's per-endpoint figures into the endpoint series.
+
+        Called after every request and at every scrape: the pool's counters only
+        grow, so each copy adds what they grew by since the last one (with several
+        workers the files of every worker then sum to the exact totals).
+
+        Args:
+            pool: The pool whose endpoints to show.
+        """
+        now = time.monotonic()
+        for endpoint in pool.endpoints:
+            label = shown_url(endpoint.url)
+            counts = (endpoint.requests, endpoint.failed_requests, endpoint.cooldowns)
+            before = self._synced.get(endpoint.url)
+            if counts != before:
+                series = (self.endpoint_requests, self.endpoint_failures, self.endpoint_cooldowns)
+                for counter, count, then in zip(series, counts, before or (0, 0, 0), strict=True):
+                    # inc(0) still creates the series: every endpoint shows from the start
+                    counter.labels(label).inc(max(count - then, 0))
+                self._synced[endpoint.url] = counts
+            self.endpoint_in_flight.labels(label).set(endpoint.in_flight)
+            self.endpoint_peak_in_flight.labels(label).set(endpoint.peak_in_flight)
+            self.endpoint_up.labels(label).set(
+                1 if endpoint.status(now) in ("up", "half_open") else 0
+            )
 
     def exposition(self) -> tuple[bytes, str]:
-        """Return the registry in Prometheus' text format and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """Return the metrics in Prometheus' text format and its content type.
+
+        With ``PROMETHEUS_MULTIPROC_DIR`` set (``hybrid-router serve --workers N``),
+        the counters and histograms are every worker's, read from that directory;
+        the budget gauges are this worker's reading of the shared ledger.
+        """
+        if not multiprocess_dir():
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        registry.register(self._budgets)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def multiprocess_dir() -> str | None:
+    """Return ``PROMETHEUS_MULTIPROC_DIR`` when set: the workers share their metrics there."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def mark_worker_dead(pid: int | None = None) -> None:
+    """Drop a finished worker's live gauges (its counters stay in the totals).
+
+    Args:
+        pid: The worker's process id (this process when None).
+    """
+    path = multiprocess_dir()
+    if path:
+        multiprocess.mark_process_dead(os.getpid() if pid is None else pid, path)
+
+
+class _BudgetGauges(Collector):
+    """The budget gauges, from the windows of the last scrape (the ledger is shared)."""
+
+    def __init__(self) -> None:
+        self.windows: list[Mapping[str, Any]] = []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        window = ["scope", "key", "period"]
+        families = [
+            (
+                "router_budget_used_usd",
+                "Committed serverless spend of the current budget window.",
+                "spent_usd",
+            ),
+            (
+                "router_budget_used_fraction",
+                "Committed spend over the limit of the current budget window.",
+                "used_fraction",
+            ),
+            ("router_budget_limit_usd", "Limit of the current budget window.", "limit_usd"),
+        ]
+        windows = self.windows
+        for name, help_text, field in families:
+            family = GaugeMetricFamily(name, help_text, labels=window)
+            for w in windows:
+                family.add_metric([w["scope"], w["key"], w["period"]], float(w[field]))
+            yield family

@@ -247,6 +247,7 @@ class Operations:
         """
         try:
             services = await self._services()
+            self._metrics.observe_pool(services.gpu_pool)
             windows = await every_budget_status(
                 services.budgets, services.ledger, services.settings
             )

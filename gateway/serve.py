@@ -13,8 +13,10 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 
@@ -105,13 +107,50 @@ def _wait_until_up(url: str, timeout_s: float = 30.0) -> None:
     raise RuntimeError(f"the local emulator at {url} did not start within {timeout_s:.0f} s")
 
 
+@contextlib.contextmanager
+def shared_metrics_dir(workers: int) -> Iterator[str | None]:
+    """Give several workers one Prometheus multiprocess directory, empty at start.
+
+    With one worker nothing changes (its registry is the whole server's). With
+    more, ``PROMETHEUS_MULTIPROC_DIR`` is set for the workers: the operator's own
+    directory if given (its old files are removed: counts restart with the
+    server), or a new temporary one, removed when the server stops.
+
+    Args:
+        workers: Number of worker processes.
+
+    Yields:
+        The directory, or None with one worker.
+    """
+    from gateway.metrics import MULTIPROC_ENV
+
+    if workers < 2:
+        yield None
+        return
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for old in path.glob("*.db"):
+            old.unlink()
+        yield str(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="hybrid-router-metrics-") as made:
+        os.environ[MULTIPROC_ENV] = made
+        try:
+            yield made
+        finally:
+            os.environ.pop(MULTIPROC_ENV, None)
+
+
 def serve(host: str, port: int, workers: int) -> None:
     """Run the server until interrupted.
 
     The app is given to uvicorn as an import string, so ``workers > 1`` runs
     uvicorn's multi-process mode. With neither ``LAMBDA_API_KEY`` nor
     ``GPU_ENDPOINTS`` set, two local emulators are started first and every
-    worker uses them.
+    worker uses them. With several workers, ``/metrics`` answers every
+    worker's totals (:func:`shared_metrics_dir`).
 
     Args:
         host: Interface to listen on.
@@ -129,6 +168,7 @@ def serve(host: str, port: int, workers: int) -> None:
     base = gateway_url(host, port)
     root = base.removesuffix("/v1")
     with contextlib.ExitStack() as stack:
+        stack.enter_context(shared_metrics_dir(workers))
         if get_settings().emulated:
             serverless_url, gpu_url = stack.enter_context(local_emulators())
             os.environ.update(

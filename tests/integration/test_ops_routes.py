@@ -514,3 +514,43 @@ def test_public_url_drops_credentials_and_query():
         "https://gpu-1.internal:8000/v1"
     )
     assert public_url("http://[::1]:9000/v1") == "http://[::1]:9000/v1"
+
+
+async def test_metrics_per_gpu_endpoint_after_an_endpoint_fails(harness: Harness, serve: Serve):
+    await harness.start("serverless", api_key=TEST_KEY)
+    good = await harness.start("gpu")
+    failing = await harness.start("gpu_failing", fail_rate=1.0, fail_status=503)
+    with_secret = failing.replace("http://", "http://operator:hunter2@")
+    served = await serve(await harness.services(gpu_endpoints=[with_secret, good]))
+    gpu = {"force_backend": "gpu"}
+    for _ in range(3):  # the first tries the failing endpoint once, then goes to the good one
+        await served.chat(extra_body=gpu)
+    found = await scrape(served)
+
+    def of(name: str, url: str) -> float:
+        return found[(name, (("endpoint", url),))]
+
+    assert of("router_gpu_endpoint_requests_total", failing) == 1
+    assert of("router_gpu_endpoint_failures_total", failing) == 1
+    assert of("router_gpu_endpoint_up", failing) == 1  # one failure is a blip
+    assert of("router_gpu_endpoint_requests_total", good) == 3
+    assert of("router_gpu_endpoint_failures_total", good) == 0
+    assert of("router_gpu_endpoint_peak_in_flight", good) == 1
+
+    # the good one goes away: its connection error, then a second 503 cools the other off
+    await harness.stop("gpu")
+    answer = await served.chat(extra_body=gpu)
+    assert answer.model_extra["routing"]["backend"] == "serverless"  # fell back
+    response = await served.http.get("/metrics")
+    assert "hunter2" not in response.text
+    assert "operator" not in response.text
+    found = samples(response.text)
+    assert of("router_gpu_endpoint_requests_total", failing) == 2
+    assert of("router_gpu_endpoint_failures_total", failing) == 2
+    assert of("router_gpu_endpoint_cooldowns_total", failing) == 1
+    assert of("router_gpu_endpoint_up", failing) == 0
+    assert of("router_gpu_endpoint_requests_total", good) == 4
+    assert of("router_gpu_endpoint_failures_total", good) == 1
+    assert of("router_gpu_endpoint_cooldowns_total", good) == 0
+    for url in (good, failing):
+        assert of("router_gpu_endpoint_in_flight", url) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ import httpx
 import openai
 import pytest
 from langgraph_sdk import get_client
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port, running_server, server_env
 
@@ -18,12 +20,23 @@ HELLO = {"messages": [{"role": "user", "content": "Hello!"}]}
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def metrics_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("metrics")
+    # a previous run's file: serve must clear it (the collector cannot read it)
+    (path / "counter_1.db").write_bytes(b"not a metrics file")
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(
+    tmp_path_factory: pytest.TempPathFactory, metrics_dir: Path
+) -> Iterator[tuple[str, str]]:
     tmp = tmp_path_factory.mktemp("serve")
     port = free_port()
     command = [str(BIN), "serve", "--port", str(port), "--workers", "2"]
     log_path = tmp / "serve.log"
-    with running_server(command, server_env(tmp / "ledger.db"), port, log_path, cwd=tmp) as url:
+    env = server_env(tmp / "ledger.db", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    with running_server(command, env, port, log_path, cwd=tmp) as url:
         yield url, log_path.read_text()
 
 
@@ -82,3 +95,46 @@ async def test_graph_api_streams_and_reports_errors(served):
             "/runs/stream", json={"assistant_id": "router", "input": HELLO, "stream_mode": "debug"}
         )
         assert bad_mode.status_code == 422
+
+
+def counted(text: str, name: str, **labels: str) -> float:
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and set(labels.items()) <= set(sample.labels.items())
+    )
+
+
+async def scrape(url: str) -> str:
+    # a new connection each time, so the scrapes reach both workers
+    async with httpx.AsyncClient(
+        base_url=url, limits=httpx.Limits(max_keepalive_connections=0)
+    ) as h:
+        response = await h.get("/metrics")
+    assert response.status_code == 200
+    return response.text
+
+
+async def test_every_worker_answers_the_whole_servers_counts(served, metrics_dir: Path):
+    url, _ = served
+    before = await scrape(url)
+    requests = counted(before, "router_requests_total", status="ok")
+    on_gpu = counted(before, "router_gpu_endpoint_requests_total")
+    n = 12
+
+    async def one() -> None:
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client:
+            await client.chat.completions.create(
+                model="auto", **HELLO, extra_body={"force_backend": "gpu"}
+            )
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    for _ in range(8):
+        text = await scrape(url)
+        assert counted(text, "router_requests_total", status="ok") == requests + n
+        assert counted(text, "router_request_latency_seconds_count") >= requests + n
+        assert counted(text, "router_gpu_endpoint_requests_total") == on_gpu + n
+        assert counted(text, "router_gpu_endpoint_in_flight") == 0
+    # both workers counted some of them, each in its own file
+    assert len(list(metrics_dir.glob("counter_*.db"))) == 2
