@@ -45,6 +45,8 @@ class Load:
         self.tpot_s = tpot_ms / 1000.0
         self.instant = self.ttft_s <= 0 and self.tpot_s <= 0
         self._semaphore = asyncio.Semaphore(max_concurrency) if max_concurrency > 0 else None
+        self.running = 0
+        self.peak_running = 0  # most requests generating at once, over every model
 
     def generation_s(self, tokens: int) -> float:
         """Return the time to generate ``tokens`` output tokens."""
@@ -64,10 +66,13 @@ class Load:
             else:
                 await semaphore.acquire()
         stats.running += 1
+        self.running += 1
+        self.peak_running = max(self.peak_running, self.running)
         try:
             yield
         finally:
             stats.running -= 1
+            self.running -= 1
             if semaphore is not None:
                 semaphore.release()
 

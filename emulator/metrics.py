@@ -58,9 +58,17 @@ FAMILIES: list[tuple[str, str, str, Callable[[ModelStats], int]]] = [
 BY_REASON = frozenset({"vllm:num_requests_waiting_by_reason"})
 
 
-def render(stats: Mapping[str, ModelStats]) -> bytes:
-    """Return the Prometheus text exposition of every model's gauges and counters."""
-    lines: list[str] = []
+def render(stats: Mapping[str, ModelStats], peak_running: int = 0) -> bytes:
+    """Return the Prometheus text exposition of every model's gauges and counters.
+
+    Beside vLLM's names, ``emulator_peak_requests_running`` (the emulator's own,
+    for tests and benchmarks): the most requests it generated at once.
+    """
+    lines: list[str] = [
+        "# HELP emulator_peak_requests_running Most requests generating at once since start.",
+        "# TYPE emulator_peak_requests_running gauge",
+        f"emulator_peak_requests_running {float(peak_running)}",
+    ]
     for metric, kind, help_text, value in FAMILIES:
         lines.append(f"# HELP {metric} {help_text}")
         lines.append(f"# TYPE {metric} {kind}")

@@ -230,7 +230,7 @@ class _Emulator:
 
     async def metrics(self, request: Request) -> Response:
         """Answer ``GET /metrics`` in Prometheus text format, with vLLM's metric names."""
-        return Response(render(self._stats), media_type=PROMETHEUS)
+        return Response(render(self._stats, self._load.peak_running), media_type=PROMETHEUS)
 
     async def not_found(self, request: Request, exc: Exception) -> Response:
         """Answer unknown routes and wrong methods with an OpenAI error."""

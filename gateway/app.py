@@ -6,7 +6,8 @@ runs the ``router`` graph with ``context=Context(services=await services())``.
 Beside it, the operational routes of :mod:`gateway.ops`: ``GET /health``,
 ``/stats``, ``/usage``, ``/budget``, ``PUT /budget/{scope}/{key}`` and
 ``GET /metrics`` (:mod:`gateway.metrics`; under ``langgraph dev`` the LangGraph
-server's own ``/metrics`` takes that path).
+server's own ``/metrics`` takes that path), and ``POST /v1/batch/chat/completions``
+(many chat requests in one call: :mod:`gateway.batch`).
 
 With ``ROUTER_API_KEYS`` set, every route but ``/health`` needs
 ``Authorization: Bearer <key>`` (:mod:`gateway.auth`), including routes mounted
@@ -68,6 +69,7 @@ from starlette.routing import Mount, Route
 
 from backends.catalog import get_catalog
 from gateway.auth import ApiKeyMiddleware, caller
+from gateway.batch import Batch
 from gateway.chat_request import ChatRequest, parse_chat_request
 from gateway.dashboard import create_dashboard
 from gateway.http_errors import ModelNotFoundError, v1_fallback_routes
@@ -85,7 +87,7 @@ from gateway.streaming import StreamRun, sse_events
 from graphs.router import graph
 from state.api_keys import RouterApiKeys
 from state.context import Context, close_default_services, default_services
-from state.schemas import Backend
+from state.schemas import Backend, RouterInput
 from state.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -122,6 +124,7 @@ class Gateway:
         self._max_request_bytes: int | None = None
         self.metrics = RouterMetrics()
         self.ops = Operations(self._services, self.metrics)
+        self.batch = Batch(self._services, self.invoke, self.metrics)
 
     async def api_keys(self) -> RouterApiKeys:
         """Return the keys that guard the app (``ROUTER_API_KEYS``; empty: no auth).
@@ -149,6 +152,10 @@ class Gateway:
                 settings = (await self._services()).settings
             self._max_request_bytes = settings.max_request_bytes
         return self._max_request_bytes
+
+    async def invoke(self, graph_input: RouterInput, context: Context) -> dict[str, Any]:
+        """Run the router graph on one request; return its output without the conversation."""
+        return await graph.ainvoke(graph_input, context=context, output_keys=_OUTPUT_KEYS)
 
     def observe_pool(self, context: Context | None) -> None:
         """Copy the GPU pool's per-endpoint figures into the metrics (after a request)."""
@@ -216,9 +223,7 @@ class Gateway:
             context = Context(services=await self._services())
             if parsed.stream:
                 return await self._stream(parsed, context, request_id, started)
-            result = await graph.ainvoke(
-                parsed.graph_input, context=context, output_keys=_OUTPUT_KEYS
-            )
+            result = await self.invoke(parsed.graph_input, context)
         except Exception as exc:
             self.metrics.observe_error(exc, time.perf_counter() - started)
             self.observe_pool(context)
@@ -367,6 +372,7 @@ def create_app(services: ServicesProvider | None = None) -> Starlette:
         Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
         Route("/v1/models", gateway.models, methods=["GET"]),
         Route("/v1/models/{model_id}", gateway.model, methods=["GET"]),
+        Route("/v1/batch/chat/completions", gateway.batch.answer, methods=["POST"]),
     ]
     app = Starlette(
         routes=[

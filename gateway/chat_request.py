@@ -109,6 +109,28 @@ def parse_chat_request(
             '{"model": "auto", "messages": [{"role": "user", "content": "Hello!"}]}',
             code="invalid_json",
         ) from None
+    return chat_request_from_body(body, request_id, caller)
+
+
+def chat_request_from_body(
+    body: Any, request_id: str, caller: ApiKeyIdentity | None = None
+) -> ChatRequest:
+    """Turn an already decoded chat-completions body into the graph's input.
+
+    :func:`parse_chat_request` after the JSON decoding; the batch route
+    (:mod:`gateway.batch`) calls it on each line's ``body``.
+
+    Args:
+        body: The decoded request body (anything: a non-object is refused).
+        request_id: The id the gateway gave this request.
+        caller: Who the request's API key belongs to, when authentication is on.
+
+    Returns:
+        The graph input and how to answer.
+
+    Raises:
+        GatewayRequestError: The body is not an object, or a field is malformed.
+    """
     if not isinstance(body, dict):
         raise GatewayRequestError(
             f"the request body must be a JSON object, got a JSON {type(body).__name__}; send "

@@ -184,6 +184,18 @@ class Settings(BaseSettings):
         "answered 413 before it is read.",
     )
 
+    batch_concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Lines of one POST /v1/batch/chat/completions call run at once.",
+    )
+    batch_max_lines: int = Field(
+        default=1000,
+        ge=1,
+        description="Most lines one POST /v1/batch/chat/completions call may carry.",
+    )
+
     @field_validator("gpu_endpoints", "router_admin_users", mode="before")
     @classmethod
     def _split_endpoints(cls, value: object) -> object:
