@@ -19,6 +19,7 @@ import orjson
 
 from backends.catalog import Catalog
 from state.errors import BudgetExceededError, RouterError
+from state.ledger import ledger_unavailable
 from state.schemas import BACKENDS
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,15 @@ def error_payload(exc: BaseException, request_id: str) -> tuple[int, dict[str, A
     Returns:
         The HTTP status and ``{"message", "type", "code", "param", ...}``.
     """
+    if not isinstance(exc, RouterError):
+        lost = ledger_unavailable(exc)
+        if lost is not None:
+            logger.warning(
+                "request %s: the ledger's database is unreachable (%s)",
+                request_id,
+                type(exc).__name__,
+            )
+            exc = lost
     if isinstance(exc, RouterError):
         error = exc.to_dict()
         error.setdefault("param", getattr(exc, "param", None))

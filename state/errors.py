@@ -16,6 +16,7 @@ __all__ = [
     "BackendRejectedError",
     "BadRequestError",
     "BudgetExceededError",
+    "LedgerUnavailableError",
     "NoBackendAvailableError",
     "PromptTooLargeError",
     "RouterError",
@@ -116,3 +117,22 @@ class AllBackendsFailedError(RouterError):
             "Retry later, or check the backends' health (GET /health)."
         )
         self.attempts = attempts
+
+
+class LedgerUnavailableError(RouterError):
+    """The ledger's database could not be reached (connection lost or refused).
+
+    The request was not recorded, so it is not answered: a request the router
+    cannot account for is not served. Retrying is safe.
+    """
+
+    status_code = 503
+    code = "ledger_unavailable"
+
+    def __init__(self) -> None:
+        """Say what failed and what to do; the database's own message stays in the log."""
+        super().__init__(
+            "the router lost its connection to the ledger database and could not record "
+            "this request; retry in a moment, and if it persists check that the database "
+            "at DATABASE_URL is up (GET /health)"
+        )

@@ -18,6 +18,7 @@ of the same statements sent one by one through aiosqlite (BENCHMARKS.md).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -43,14 +44,18 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry
+
+from state.errors import LedgerUnavailableError
 
 if TYPE_CHECKING:
     from state.settings import Settings
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 NAME_MAX_CHARS = 128
 """Longest user or team name: the width of the columns that hold one."""
@@ -233,6 +238,23 @@ def build_sqlite_writer(engine: AsyncEngine) -> Engine | None:
     return writer
 
 
+def ledger_unavailable(exc: BaseException) -> LedgerUnavailableError | None:
+    """Return the typed error for a lost or refused database connection, else None.
+
+    SQLAlchemy marks an error that broke its connection (``connection_invalidated``);
+    a refused or reset connection comes as an operational or interface error, or as
+    the ``OSError`` of the socket. Anything else (a constraint, a bug) is not this.
+    """
+    if isinstance(exc, LedgerUnavailableError):
+        return exc
+    lost = isinstance(exc, DBAPIError) and (
+        exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
+    )
+    if lost or isinstance(exc, ConnectionError):
+        return LedgerUnavailableError()
+    return None
+
+
 def _migrate(settings: Settings) -> None:
     from state.migrate import upgrade_blocking
 
@@ -278,13 +300,34 @@ class Ledger:
         On SQLite it runs in the writer thread and, once started, to its end even
         if the caller is cancelled (a reservation so orphaned expires after
         ``RESERVATION_TTL_S``).
+
+        On PostgreSQL a transaction whose connection was lost (the server
+        restarted, the connection was terminated) runs once more on a new
+        connection: the lost one was rolled back by the server, and if it was
+        lost during its commit, the unique request and reservation ids refuse a
+        second copy. A second loss raises :class:`LedgerUnavailableError`.
         """
         await self.ensure_schema()
         if self._writer_thread is not None:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._writer_thread, self._write_now, work)
-        async with self.engine.begin() as conn:
-            return await conn.run_sync(work)
+        for attempt in (1, 2):
+            try:
+                async with self.engine.begin() as conn:
+                    return await conn.run_sync(work)
+            except DBAPIError as exc:
+                lost = ledger_unavailable(exc)
+                if lost is None:
+                    raise
+                if attempt == 2:
+                    raise lost from exc
+                # the type only: a driver's message may quote the connection string
+                logger.warning(
+                    "the ledger's database connection was lost (%s); running the write "
+                    "again on a new connection",
+                    type(exc.orig).__name__,
+                )
+        raise AssertionError("unreachable")
 
     def _write_now(self, work: Callable[[Connection], T]) -> T:
         assert self._writer is not None
