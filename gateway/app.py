@@ -164,11 +164,17 @@ class Gateway:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        """Close the default services (clients, emulators, engine) on shutdown.
+        """Build the default services at start; close them on shutdown.
 
-        With several workers, also drop this worker's live gauges from the shared
-        metrics directory (:func:`gateway.metrics.mark_worker_dead`).
+        Built at start, not on the first request, so that a restarted process's
+        reservation sweep releases the holds a crash left behind even before
+        anyone asks (building connects to nothing: the database is first used
+        by the sweep or a request). With several workers, shutdown also drops
+        this worker's live gauges from the shared metrics directory
+        (:func:`gateway.metrics.mark_worker_dead`).
         """
+        if self._owns_default:
+            await self._services()
         try:
             yield
         finally:

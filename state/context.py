@@ -30,7 +30,7 @@ from state.alerts import AlertNotifier
 from state.budgets import BudgetBook
 from state.ledger import Ledger, build_engine
 from state.overrides import RoutingOverrides
-from state.reservations import Reservations
+from state.reservations import Reservations, expiry_interval
 from state.response_cache import ResponseCache, build_cache
 from state.settings import Settings, get_settings
 
@@ -64,6 +64,7 @@ class Services:
     async def aclose(self) -> None:
         """Close clients, the probe task, emulators and the engine."""
         await self.alerts.drain()
+        await self.reservations.aclose()
         await self.gpu_pool.aclose()
         await self.http.aclose()
         await self.cache.aclose()
@@ -151,6 +152,8 @@ async def build_services(
     if ledger is None:
         ledger = Ledger(await asyncio.to_thread(build_engine, settings), settings)
     budgets = BudgetBook(ledger, settings, clock)
+    reservations = Reservations(budgets, ledger, settings.budget_estimate_margin)
+    reservations.start_expiry(expiry_interval(settings.reservation_ttl_s))
     return Services(
         settings=settings,
         catalog=catalog,
@@ -159,7 +162,7 @@ async def build_services(
         gpu_pool=pool,
         ledger=ledger,
         budgets=budgets,
-        reservations=Reservations(budgets, ledger, settings.budget_estimate_margin),
+        reservations=reservations,
         overrides=RoutingOverrides(ledger, clock),
         cache=build_cache(settings, ledger),
         alerts=AlertNotifier(http, settings.alert_webhook_url, ledger),

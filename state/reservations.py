@@ -9,8 +9,10 @@ the atomic, all-or-nothing update). The hold is then:
   serverless call failed, or the GPU pool answered): it is settled at $0;
 - **settled** with the real serverless cost in the same transaction that
   writes the request's ledger row;
-- **expired** by the next reservation that would otherwise be refused, when a
-  crashed process left it behind (``RESERVATION_TTL_S``).
+- **expired** when a crashed process (or a lost database connection) left it
+  behind past ``RESERVATION_TTL_S``: by the sweep every process runs in the
+  background (:meth:`Reservations.start_expiry`), and by the next reservation
+  that would otherwise be refused.
 
 Nodes ask this module for each of these; nothing else touches a reservation.
 A GPU answer is never charged to a serverless budget: only the cost of the
@@ -20,15 +22,27 @@ serverless attempt that answered is settled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from backends.catalog import ModelSpec
 from state.budgets import BudgetBook, Crossing, Held, Refused
 from state.ledger import Ledger, UsageRecord
 from state.schemas import ReservationHeld
+
+logger = logging.getLogger(__name__)
+
+MAX_EXPIRY_INTERVAL_S = 60.0
+"""Longest wait between two sweeps for stale holds, whatever ``RESERVATION_TTL_S``."""
+
+
+def expiry_interval(ttl_s: float) -> float:
+    """Return how often to sweep for holds past ``ttl_s``: half of it, within [0.5 s, 60 s]."""
+    return min(max(ttl_s / 2, 0.5), MAX_EXPIRY_INTERVAL_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +62,7 @@ class Reservations:
     budgets: BudgetBook
     ledger: Ledger
     margin: float
+    _sweeper: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     def worst_case_usd(self, model: ModelSpec, spend: SpendRequest) -> float:
         """Return the most ``spend`` can cost on ``model``: an over-estimate, never under."""
@@ -111,3 +126,38 @@ class Reservations:
     async def expire(self) -> int:
         """Release every hold past its expiry; return how many."""
         return await self.budgets.expire()
+
+    def start_expiry(self, interval_s: float) -> None:
+        """Sweep for holds past their expiry every ``interval_s``, in the running loop (once).
+
+        Without it a crashed process's holds would wait for a request that the
+        budget refuses; with it the budgets read right (``GET /budget``) within
+        ``RESERVATION_TTL_S`` plus one interval of a crash.
+        """
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(
+                self._expire_forever(interval_s), name="reservation-expiry"
+            )
+
+    async def _expire_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                expired = await self.expire()
+            except Exception as exc:  # the sweep must outlive a database outage
+                logger.warning("could not expire stale budget holds (%s)", type(exc).__name__)
+                continue
+            if expired:
+                logger.warning(
+                    "released %d budget hold(s) left past RESERVATION_TTL_S by a request "
+                    "that never settled (a crashed process or a lost database connection)",
+                    expired,
+                )
+
+    async def aclose(self) -> None:
+        """Stop the expiry sweep."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
