@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,12 +108,9 @@ Invoke = Callable[..., Awaitable[dict[str, Any]]]
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """Ledger settings on SQLite (a file) or PostgreSQL (a schema of its own, dropped after)."""
-    if request.param == "sqlite":
-        yield {"database_url": f"sqlite:///{tmp_path}/ledger.db"}
-        return
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[dict[str, Any]]:
+    """Yield ledger settings on PostgreSQL in a schema of its own, dropped after."""
     import uuid
 
     import psycopg
@@ -126,6 +123,23 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[st
     finally:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """Ledger settings on SQLite (a file) or PostgreSQL (a schema of its own, dropped after)."""
+    if request.param == "sqlite":
+        yield {"database_url": f"sqlite:///{tmp_path}/ledger.db"}
+        return
+    with postgres_schema() as settings:
+        yield settings
+
+
+@pytest.fixture
+def postgres() -> Iterator[dict[str, Any]]:
+    """Ledger settings on PostgreSQL only (a schema of its own, dropped after)."""
+    with postgres_schema() as settings:
+        yield settings
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,16 +164,37 @@ def server_env(ledger: Path, **extra: str) -> dict[str, str]:
         LANGSMITH_TRACING="false",
         EMULATOR_TTFT_MS="0",
         EMULATOR_TPOT_MS="0",
-        **extra,
     )
+    env.update(extra)  # may replace any of the above (DATABASE_URL for PostgreSQL)
     return env
 
 
+@dataclass
+class ServerProcess:
+    """A server started by :func:`server_process`: its URL and its process (group)."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def pids(self) -> list[int]:
+        """Return the ids of the server's process and all its descendants."""
+        import psutil
+
+        root = psutil.Process(self.process.pid)
+        return [root.pid, *(child.pid for child in root.children(recursive=True))]
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no shutdown code runs."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=20)
+
+
 @contextlib.contextmanager
-def running_server(
+def server_process(
     command: list[str], env: dict[str, str], port: int, log_path: Path, cwd: Path = ROOT
-) -> Iterator[str]:
-    """Run a server command until its ``/ok`` answers; yield its URL, stop it after."""
+) -> Iterator[ServerProcess]:
+    """Run a server command until its ``/ok`` answers; yield it, stop it after."""
     with log_path.open("w") as log:
         process = subprocess.Popen(
             command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -176,13 +211,23 @@ def running_server(
                 time.sleep(0.25)
             if process.poll() is not None or time.monotonic() >= deadline:
                 pytest.fail(f"{command[1]} did not start:\n{log_path.read_text()[-3000:]}")
-            yield url
+            yield ServerProcess(url, process)
         finally:
-            os.killpg(process.pid, signal.SIGINT)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGINT)
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def running_server(
+    command: list[str], env: dict[str, str], port: int, log_path: Path, cwd: Path = ROOT
+) -> Iterator[str]:
+    """Run a server command until its ``/ok`` answers; yield its URL, stop it after."""
+    with server_process(command, env, port, log_path, cwd) as server:
+        yield server.url
 
 
 def langgraph_dev_command(port: int) -> list[str]:
@@ -309,3 +354,57 @@ async def budget_books(services: Services) -> dict[str, Any]:
         "reserved": sum(c[1] for c in counters),
         "holds": holds,
     }
+
+
+# -- load through a gateway over real HTTP --------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """How one request of :func:`send_load` ended."""
+
+    status: int  # 0: no HTTP answer (connection refused, reset or timed out)
+    request_id: str | None  # the gateway's x-request-id
+    code: str | None  # an error answer's OpenAI error code
+    error: str  # an error answer's message, or the transport error
+
+
+async def send_load(
+    url: str,
+    bodies: Iterable[dict[str, Any]],
+    concurrency: int,
+    *,
+    outcomes: list[Outcome] | None = None,
+    timeout_s: float = 60.0,
+) -> list[Outcome]:
+    """POST each of ``bodies`` to ``url``'s chat completions, ``concurrency`` at a time.
+
+    Every answer is kept (appended to ``outcomes`` as it comes, for a caller watching
+    progress); a failed connection is an outcome with status 0, not an exception.
+    """
+    outcomes = [] if outcomes is None else outcomes
+    source = iter(bodies)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s) as http:
+
+        async def worker() -> None:
+            for body in source:
+                try:
+                    response = await http.post("/v1/chat/completions", json=body)
+                except httpx.HTTPError as exc:
+                    outcomes.append(Outcome(0, None, None, repr(exc)))
+                    continue
+                request_id = response.headers.get("x-request-id")
+                if response.status_code == 200:
+                    outcomes.append(Outcome(200, request_id, None, ""))
+                    continue
+                try:
+                    error = response.json()["error"]
+                except (ValueError, KeyError, TypeError):
+                    error = {"code": None, "message": response.text[:300]}
+                outcomes.append(
+                    Outcome(response.status_code, request_id, error.get("code"), error["message"])
+                )
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return outcomes
