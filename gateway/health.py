@@ -1,5 +1,11 @@
 """``GET /health``: each backend's and each GPU endpoint's state, checked now.
 
+Each GPU endpoint says whether it is taking traffic and why in one sentence
+(``reason``): up; up but its KV cache is busy or it is full; cooling off after
+failures until a given time; on trial after a cool-down; down and why; not
+probed yet; and which of the catalog's GPU models it does not serve. Beside it:
+its served models and their ``max_model_len``, its load, and its counters.
+
 200 when at least one backend is up, else 503. Open without an API key;
 endpoint URLs (credentials and query stripped) are shown only to callers with
 a valid key, or to everyone when authentication is off. The serverless API is
@@ -11,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -74,8 +82,10 @@ class HealthCheck:
               at least one backend is up. {status: ok|degraded, checked_at, backends:
               {serverless: {status: up|down|disabled, latency_ms, models, error},
               gpu: {status, endpoints_up, latency_ms, load, capacity, endpoints: [{endpoint,
-              status: up|down|cooling|unknown, latency_ms, running, waiting, in_flight,
-              load, capacity, last_probe_age_s, error}]}}}
+              url, status: up|down|cooling|half_open|unknown, taking_traffic, reason,
+              models, max_model_len, latency_ms, running, waiting, in_flight, load,
+              capacity, kv_cache_usage, cooling_until, requests, failed_requests,
+              cooldowns, last_probe_age_s, error}]}}}
           '503': {description: no backend is up (same body, status down)}
         """
         try:
@@ -173,11 +183,13 @@ class HealthCheck:
             return {"status": "disabled", "reason": "no GPU_ENDPOINTS are configured"}
         stale_before = await self._fresh_probe(pool)
         now = time.monotonic()
+        wall_now = services.clock()
+        gpu_models = [m.served_name("gpu") for m in services.catalog.offered("gpu")]
         endpoints = [
-            self._endpoint(i, e, pool, now, stale_before, show_urls)
+            self._endpoint(i, e, pool, now, stale_before, show_urls, wall_now, gpu_models)
             for i, e in enumerate(pool.endpoints)
         ]
-        up = [e for e in endpoints if e["status"] == "up"]
+        up = [e for e in endpoints if e["status"] in ("up", "half_open")]
         latencies = [e["latency_ms"] for e in up if e["latency_ms"] is not None]
         return {
             "status": "up" if up else "down",
@@ -196,30 +208,121 @@ class HealthCheck:
         now: float,
         stale_before: float,
         show_urls: bool,
+        wall_now: datetime,
+        gpu_models: Sequence[str],
     ) -> dict[str, Any]:
-        error = endpoint.last_error
-        if stale_before and endpoint.last_probe < stale_before:
-            status, error = "down", f"health probe timed out after {PROBE_TIMEOUT_S:g} s"
-        elif endpoint.healthy is None:
-            status = "unknown"
-        elif not endpoint.healthy:
-            status = "down"
-        elif now < endpoint.cooling_until:
-            status = "cooling"
-        else:
-            status, error = "up", None
+        view = endpoint_view(endpoint, pool, now, wall_now, gpu_models, stale_before)
         entry: dict[str, Any] = {"endpoint": index}
         if show_urls:
             entry["url"] = public_url(endpoint.url)
-        entry.update(
-            status=status,
-            latency_ms=round(endpoint.latency_ms, 3) if endpoint.latency_ms is not None else None,
-            running=endpoint.running,
-            waiting=endpoint.waiting,
-            in_flight=endpoint.in_flight,
-            load=endpoint.load(),
-            capacity=pool.concurrency_per_endpoint,
-            last_probe_age_s=round(now - endpoint.last_probe, 3) if endpoint.last_probe else None,
-            error=error,
-        )
+        else:
+            # a reason may quote the endpoint's URL: only its position is shown
+            for shown in (public_url(endpoint.url), public_url(endpoint.root_url)):
+                for key in ("error", "reason"):
+                    if view[key]:
+                        view[key] = view[key].replace(shown, f"endpoint {index}")
+        entry.update(view)
         return entry
+
+
+_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]*@")
+
+
+def scrub(text: str | None) -> str | None:
+    """Return ``text`` with the credentials of any URL in it removed."""
+    return None if text is None else _USERINFO.sub(r"\g<scheme>", text)
+
+
+def endpoint_view(
+    endpoint: GpuEndpoint,
+    pool: GpuPool,
+    now: float,
+    wall_now: datetime,
+    gpu_models: Sequence[str] = (),
+    stale_before: float = 0.0,
+) -> dict[str, Any]:
+    """Describe one GPU endpoint for ``/health``: its state, figures and why it takes traffic.
+
+    Args:
+        endpoint: The endpoint.
+        pool: Its pool (capacity, KV-cache threshold).
+        now: ``time.monotonic()`` of the check.
+        wall_now: The same instant on the wall clock (for ``cooling_until``).
+        gpu_models: The catalog's GPU models (served names), to say which it lacks.
+        stale_before: A probe older than this timed out (0: none did).
+
+    Returns:
+        ``status`` (up, down, cooling, half_open, unknown), ``taking_traffic``,
+        ``reason`` (one sentence, no secrets), the served ``models`` and their
+        ``max_model_len``, the load figures, the counters and ``error``.
+    """
+    status = endpoint.status(now)
+    error = scrub(endpoint.last_error)
+    cooling_until: str | None = None
+    busy = pool.busy(endpoint)
+    load, capacity = endpoint.load(), pool.concurrency_per_endpoint
+    kv = endpoint.kv_cache_usage
+    missing = [m for m in gpu_models if endpoint.models is not None and m not in endpoint.models]
+    if stale_before and endpoint.last_probe < stale_before:
+        status = "down"
+        error = f"health probe timed out after {PROBE_TIMEOUT_S:g} s"
+        reason = f"down: its {error}"
+    elif status == "unknown":
+        reason = "not probed yet: its first health probe has not answered"
+    elif status == "down":
+        reason = f"down: {error or 'its last probe failed'}"
+    elif status == "cooling":
+        until = wall_now + timedelta(seconds=endpoint.cooling_until - now)
+        cooling_until = until.isoformat()
+        reason = (
+            f"cooling off after {endpoint.failures} failure"
+            f"{'s' if endpoint.failures != 1 else ''} in a row until {cooling_until} "
+            f"({endpoint.cooling_until - now:.0f} s more)"
+            + (f"; last error: {error}" if error else "")
+        )
+    elif status == "half_open":
+        trial = "in flight" if endpoint.on_trial else "the next request"
+        reason = (
+            "on trial after a cool-down: one request at a time until one succeeds "
+            f"(the trial request: {trial})"
+        )
+    elif kv is not None and kv > pool.kv_cache_busy:
+        reason = (
+            f"up, but its KV cache is busy ({kv:.0%} used, over GPU_KV_CACHE_BUSY "
+            f"{pool.kv_cache_busy:.0%}): new requests go to other endpoints meanwhile"
+        )
+    elif busy:
+        reason = (
+            f"up, but full: {load} requests on it, its capacity is {capacity} "
+            "(GPU_CONCURRENCY_PER_ENDPOINT)"
+        )
+    else:
+        reason = "up"
+    if status in ("up", "half_open") and missing:
+        served = ", ".join(sorted(endpoint.models or ())) or "no model"
+        reason += f"; serves {served}, not {', '.join(missing)}"
+    if status == "up":
+        error = None
+    taking = status in ("up", "half_open", "unknown") and endpoint.available(now) and not busy
+    if stale_before and endpoint.last_probe < stale_before:
+        taking = False
+    return {
+        "status": status,
+        "taking_traffic": taking,
+        "reason": reason,
+        "models": sorted(endpoint.models) if endpoint.models is not None else None,
+        "max_model_len": dict(endpoint.max_model_len),
+        "latency_ms": round(endpoint.latency_ms, 3) if endpoint.latency_ms is not None else None,
+        "running": endpoint.running,
+        "waiting": endpoint.waiting,
+        "in_flight": endpoint.in_flight,
+        "load": load,
+        "capacity": capacity,
+        "kv_cache_usage": kv,
+        "cooling_until": cooling_until,
+        "requests": endpoint.requests,
+        "failed_requests": endpoint.failed_requests,
+        "cooldowns": endpoint.cooldowns,
+        "last_probe_age_s": round(now - endpoint.last_probe, 3) if endpoint.last_probe else None,
+        "error": error,
+    }

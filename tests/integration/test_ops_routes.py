@@ -20,11 +20,12 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
+from emulator import EmulatorConfig, serve_emulator
 from emulator.server import _EmbeddedServer
 from gateway.app import create_app
 from gateway.health import public_url
 from state.context import Services
-from tests.conftest import TEST_KEY, Harness
+from tests.conftest import GPU_MODELS, TEST_KEY, Harness
 
 HELLO = [{"role": "user", "content": "Hello!"}]
 # a medium-complexity prompt: with cost_priority=performance it needs a tier-3 model,
@@ -166,6 +167,47 @@ async def test_health_without_gpu_pool_says_disabled(harness: Harness, serve: Se
         "status": "disabled",
         "reason": "no GPU_ENDPOINTS are configured",
     }
+
+
+async def test_health_says_why_each_endpoint_takes_traffic_or_not(harness: Harness, serve: Serve):
+    await harness.start("serverless", api_key=TEST_KEY)
+    failing = await harness.start("gpu_failing", fail_rate=1.0, fail_status=503)
+    one_model = GPU_MODELS[:1]
+    small = await harness.stack.enter_async_context(
+        serve_emulator(EmulatorConfig(name="gpu-small", models=one_model))
+    )
+    with_secret = failing.replace("http://", "http://operator:hunter2@")
+    services = await harness.services(gpu_endpoints=[with_secret, small], gpu_cooldown_s=0.3)
+    served = await serve(services)
+    body = (await served.http.get("/health")).json()
+    first, second = body["backends"]["gpu"]["endpoints"]
+    assert first["url"] == failing
+    assert (first["status"], first["taking_traffic"], first["reason"]) == ("up", True, "up")
+    assert first["models"] == sorted(GPU_MODELS)
+    assert second["models"] == one_model
+    missing = ", ".join(m for m in GPU_MODELS if m not in one_model)
+    assert second["reason"] == f"up; serves {one_model[0]}, not {missing}"
+
+    # two failures in a row on the failing endpoint (it is tried first, then alone)
+    services.gpu_pool.endpoints.pop()
+    await served.chat(extra_body={"force_backend": "gpu"})
+    response = await served.http.get("/health")
+    assert "hunter2" not in response.text
+    cooling = response.json()["backends"]["gpu"]["endpoints"][0]
+    assert cooling["status"] == "cooling"
+    assert cooling["taking_traffic"] is False
+    assert cooling["cooldowns"] == 1
+    assert cooling["failed_requests"] == 2
+    assert cooling["reason"].startswith(
+        f"cooling off after 2 failures in a row until {cooling['cooling_until']}"
+    )
+    assert "503" in cooling["reason"]
+
+    await asyncio.sleep(0.35)  # the cool-down runs out: one trial request may go there
+    on_trial = (await served.http.get("/health")).json()["backends"]["gpu"]["endpoints"][0]
+    assert on_trial["status"] == "half_open"
+    assert on_trial["taking_traffic"] is True
+    assert on_trial["reason"].startswith("on trial after a cool-down")
 
 
 # --- /stats and /usage --------------------------------------------------------------------
