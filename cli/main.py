@@ -17,6 +17,7 @@ from sqlalchemy import make_url
 
 from planner import cli as planner_cli
 from state.errors import BadRequestError, RouterError
+from state.reporting.money import usd
 from state.schemas import RouterInput
 
 DEFAULT_MODELS = (
@@ -120,7 +121,7 @@ def _print_result(result: dict[str, Any]) -> None:
         f"usage:      {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion "
         f"= {usage['total_tokens']} tokens"
     )
-    print(f"cost:       ${result['cost_usd']:.6f}")
+    print(f"cost:       {usd(result['cost_usd'])}")
 
 
 def _emulate(args: argparse.Namespace) -> None:

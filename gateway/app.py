@@ -37,7 +37,8 @@ the stream with ``data: {"error": {...}}`` and ``data: [DONE]``.
 
 Errors are OpenAI error objects ``{"error": {"message", "type", "code",
 "param"}}`` with the router's status codes: 400 bad request, 402 budget
-refusal (with ``remaining_usd`` and ``resets_at``), 502 every backend failed,
+refusal (with ``remaining_usd``, ``resets_at``, ``retry_after_s``, the refusing
+``budget`` and a ``Retry-After`` header), 502 every backend failed,
 503 no backend available, 500 anything else (generic message; details only in
 the log).
 
@@ -80,6 +81,7 @@ from gateway.openai_format import (
     completion_body,
     cost_header,
     error_body,
+    error_headers,
     models_body,
 )
 from gateway.ops import Operations, ServicesProvider
@@ -216,7 +218,7 @@ class Gateway:
           '200': {description: a chat.completion object, or chat.completion.chunk events}
           '400': {description: bad request}
           '401': {description: missing or unknown API key (when ROUTER_API_KEYS is set)}
-          '402': {description: over budget}
+          '402': {description: 'over budget: which budget, its limit and spend; Retry-After'}
           '500': {description: internal error}
           '502': {description: every backend failed}
           '503': {description: no backend available}
@@ -350,7 +352,7 @@ class Gateway:
 def _error_response(exc: Exception, request_id: str) -> Response:
     status, body = error_body(exc, request_id)
     return Response(
-        body, status_code=status, media_type=_JSON, headers={"x-request-id": request_id}
+        body, status_code=status, media_type=_JSON, headers=error_headers(exc, request_id)
     )
 
 

@@ -123,6 +123,8 @@ def error_payload(exc: BaseException, request_id: str) -> tuple[int, dict[str, A
         if isinstance(exc, BudgetExceededError):
             error.setdefault("remaining_usd", exc.remaining_usd)
             error.setdefault("resets_at", exc.resets_at)
+            error.setdefault("retry_after_s", exc.retry_after_s)
+            error.setdefault("budget", exc.budget)
         return exc.status_code, error
     logger.error("request %s failed", request_id, exc_info=exc)
     return 500, {
@@ -146,6 +148,23 @@ def error_body(exc: BaseException, request_id: str) -> tuple[int, bytes]:
     """
     status, error = error_payload(exc, request_id)
     return status, orjson.dumps({"error": error})
+
+
+def error_headers(exc: BaseException, request_id: str) -> dict[str, str]:
+    """Return the headers of an error answer: its request id, and ``Retry-After`` on a 402.
+
+    Args:
+        exc: What went wrong.
+        request_id: The request's id.
+
+    Returns:
+        ``x-request-id``, and for a budget refusal ``retry-after``: the seconds
+        until the refusing budget's window resets.
+    """
+    headers = {"x-request-id": request_id}
+    if isinstance(exc, BudgetExceededError) and exc.retry_after_s is not None:
+        headers["retry-after"] = str(exc.retry_after_s)
+    return headers
 
 
 def error_event(exc: BaseException, request_id: str) -> bytes:

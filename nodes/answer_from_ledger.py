@@ -16,14 +16,10 @@ from langgraph.runtime import Runtime
 from nodes.cost_estimate import estimate
 from state.context import Context, Services, resolve_services
 from state.reporting.advice import advice_text, advise
+from state.reporting.money import usd
 from state.reporting.usage import usage_report
 from state.reporting.windows import named_period
 from state.schemas import ChatState
-
-
-def usd(amount: float) -> str:
-    """Format dollars with enough digits for sub-cent figures."""
-    return f"${amount:,.2f}" if abs(amount) >= 1 else f"${amount:.6f}"
 
 
 def period_range(params: dict[str, Any], now: datetime) -> tuple[datetime, datetime, str]:

@@ -11,6 +11,7 @@ decides: ``gpu`` (default: the GPU pool costs nothing more per request),
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from langgraph.runtime import Runtime
@@ -21,6 +22,7 @@ from nodes.select_model import fits
 from state.budgets import Refused
 from state.context import Context, Services, resolve_services
 from state.errors import BudgetExceededError
+from state.reporting.money import usd
 from state.reservations import SpendRequest
 from state.schemas import Backend, BudgetCheck, RouterState
 
@@ -51,14 +53,31 @@ def cheaper_models(state: RouterState, services: Services, model: ModelSpec) -> 
     return cheaper
 
 
-def budget_error(refused: Refused) -> BudgetExceededError:
-    """Return the caller's error for a refused hold: what remains, and when it resets."""
+def budget_error(refused: Refused, now: datetime) -> BudgetExceededError:
+    """Return the caller's error for a refused hold: which budget, what remains, when it resets.
+
+    Args:
+        refused: The refusal (the budget that resets last among those that refused).
+        now: The current time (``Retry-After`` counts from it).
+
+    Returns:
+        The 402 error, with the budget's figures and the seconds until its reset.
+    """
+    window = refused.window
+    wait_s = window.seconds_to_reset(now)
+    if window.scope == "global":
+        setting = "LAMBDA_DAILY_BUDGET" if window.period == "day" else "LAMBDA_MONTHLY_BUDGET"
+        raise_it = f"ask the operator to raise {setting}"
+    else:
+        raise_it = f"ask an admin to raise it (PUT /budget/{window.scope}/{window.scope_key})"
     return BudgetExceededError(
-        f"{refused.reason()}; ${refused.remaining_usd:.6f} remains until "
-        f"{refused.window.resets_at.isoformat()}. Lower max_tokens, wait for the reset, "
-        "or raise the budget",
+        f"{refused.reason()}; {usd(refused.remaining_usd)} remains until "
+        f"{window.resets_at.isoformat()} (in {wait_s} s). Lower max_tokens, retry after the "
+        f"reset, or {raise_it}",
         remaining_usd=refused.remaining_usd,
-        resets_at=refused.window.resets_at.isoformat(),
+        resets_at=window.resets_at.isoformat(),
+        retry_after_s=wait_s,
+        budget=refused.details(),
     )
 
 
@@ -124,7 +143,7 @@ async def check_budget(state: RouterState, runtime: Runtime[Context]) -> NextSte
     allowed = [b for b in state.get("allowed_backends", []) if b != "serverless"]
     forced = state.get("force_backend") == "serverless"
     if policy == "reject" or "gpu" not in allowed or forced:
-        raise budget_error(refused)
+        raise budget_error(refused, services.clock())
     over: BudgetCheck = {
         "estimate_usd": refused.amount_usd,
         "serverless_allowed": False,

@@ -16,6 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from planner.simulate import Plan, Run
+from state.reporting.money import usd
 
 LABELS = {
     "router": "router (ours)",
@@ -30,10 +31,6 @@ def progress_bar(total: int) -> tqdm[Any]:
     return tqdm(total=total, desc="simulating", unit="run", disable=None, leave=False)
 
 
-def _usd(value: float) -> str:
-    return f"${value:,.0f}" if abs(value) >= 100 else f"${value:,.2f}"
-
-
 def _seconds(value: float) -> str:
     if value >= 3600:
         return f"{value / 3600:.1f} h"
@@ -43,11 +40,11 @@ def _seconds(value: float) -> str:
 def _row(run: Run) -> str:
     util = f"{run.utilisation:.0%}" + (" (queue never drains)" if run.utilisation > 1 else "")
     return (
-        f"| {LABELS.get(run.policy, run.policy)} | {run.gpus} | {_usd(run.month_cost_usd)} | "
-        f"{_usd(run.gpu_cost_usd)} | {_usd(run.serverless_cost_usd)} | {run.share_gpu:.0%} | "
+        f"| {LABELS.get(run.policy, run.policy)} | {run.gpus} | {usd(run.month_cost_usd)} | "
+        f"{usd(run.gpu_cost_usd)} | {usd(run.serverless_cost_usd)} | {run.share_gpu:.0%} | "
         f"{util} | {_seconds(run.ttft_p50_s)} / {_seconds(run.ttft_p95_s)} | "
         f"{_seconds(run.e2e_p50_s)} / {_seconds(run.e2e_p95_s)} | {run.late_share:.1%} | "
-        f"{_usd(run.bound_usd)} | {_usd(run.gap_usd)} |"
+        f"{usd(run.bound_usd)} | {usd(run.gap_usd)} |"
     )
 
 
@@ -73,7 +70,7 @@ def markdown(plan: Plan) -> str:
         "serverless model, so part of the router's distance from it is the price of quality.",
         "",
         "Lower bound for setups that meet the latency target: "
-        + ", ".join(f"{n} GPUs {_usd(v)}" for n, v in plan.target_bound_usd.items())
+        + ", ".join(f"{n} GPUs {usd(v)}" for n, v in plan.target_bound_usd.items())
         + ".",
         "",
         f"## Marginal GPU ({LABELS.get(plan.marginal_policy, plan.marginal_policy)})",
@@ -84,14 +81,14 @@ def markdown(plan: Plan) -> str:
         "|---:|---:|---:|---|",
     ]
     lines += [
-        f"| {m.gpus} | {_usd(m.absorbed_usd)} | {_usd(m.price_usd)} | {'yes' if m.keep else 'no'} |"
+        f"| {m.gpus} | {usd(m.absorbed_usd)} | {usd(m.price_usd)} | {'yes' if m.keep else 'no'} |"
         for m in plan.marginal
     ]
     lines += ["", f"The rule keeps {plan.marginal_gpus} GPUs.", "", "## Recommendation", ""]
     current = plan.current
     current_text = (
         f"{LABELS.get(current.policy, current.policy)} on {current.gpus} GPUs, "
-        f"{_usd(current.month_cost_usd)} a month"
+        f"{usd(current.month_cost_usd)} a month"
     )
     if plan.best is None:
         lines.append(
@@ -105,9 +102,9 @@ def markdown(plan: Plan) -> str:
         share = saving / current.month_cost_usd if current.month_cost_usd else 0.0
         lines.append(
             f"Keep **{best.gpus} GPUs** with **{LABELS.get(best.policy, best.policy)}**: "
-            f"{_usd(best.month_cost_usd)} a month, first token p95 {_seconds(best.ttft_p95_s)}, "
+            f"{usd(best.month_cost_usd)} a month, first token p95 {_seconds(best.ttft_p95_s)}, "
             f"{best.late_share:.1%} of requests over the target. Against the current setup "
-            f"({current_text}) that saves {_usd(saving)} a month ({share:.0%})."
+            f"({current_text}) that saves {usd(saving)} a month ({share:.0%})."
         )
     lines += ["", "Assumptions:", ""] + [f"- {a}" for a in plan.assumptions]
     lines += [

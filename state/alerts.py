@@ -17,6 +17,7 @@ from sqlalchemy import update
 from backends.webhook import RETRY_DELAYS_S, post_with_retries
 from state.budgets import Crossing
 from state.ledger import Alert, Ledger
+from state.reporting.money import usd
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def alert_text(crossing: Crossing) -> str:
     period = "daily" if crossing.period == "day" else "monthly"
     return (
         f":warning: hybrid-router: {owner} {period} serverless budget at "
-        f"{crossing.threshold:.0%} (${crossing.spent_usd:.2f} of ${crossing.limit_usd:.2f}, "
+        f"{crossing.threshold:.0%} ({usd(crossing.spent_usd)} of {usd(crossing.limit_usd)}, "
         f"window {crossing.window_key})"
     )
 

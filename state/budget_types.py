@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
+
+from state.reporting.money import usd
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +25,11 @@ class BudgetWindow:
         """Name the budget for people, e.g. "daily budget of user alice"."""
         what = "daily" if self.period == "day" else "monthly"
         owner = "" if self.scope == "global" else f" of {self.scope} {self.scope_key}"
-        return f"{what} budget{owner} (${self.limit_usd:.2f})"
+        return f"{what} budget{owner} ({usd(self.limit_usd)})"
+
+    def seconds_to_reset(self, now: datetime) -> int:
+        """Return the whole seconds from ``now`` until the window resets (at least 1)."""
+        return max(1, math.ceil((self.resets_at - now).total_seconds()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +57,26 @@ class Refused:
     def reason(self) -> str:
         """Explain the refusal in one sentence."""
         return (
-            f"the {self.window.label()} would be exceeded (spent ${self.committed_usd:.4f}, "
-            f"held by requests in flight ${self.reserved_usd:.4f}, this request up to "
-            f"${self.amount_usd:.6f})"
+            f"the {self.window.label()} would be exceeded (spent {usd(self.committed_usd)}, "
+            f"held by requests in flight {usd(self.reserved_usd)}, this request up to "
+            f"{usd(self.amount_usd)})"
         )
+
+    def details(self) -> dict[str, Any]:
+        """Return the refusing budget as plain values (the 402 body's ``budget``)."""
+        window = self.window
+        return {
+            "scope": window.scope,
+            "key": window.scope_key or None,
+            "period": window.period,
+            "window": window.window_key,
+            "limit_usd": window.limit_usd,
+            "spent_usd": self.committed_usd,
+            "reserved_usd": self.reserved_usd,
+            "remaining_usd": self.remaining_usd,
+            "request_usd": self.amount_usd,
+            "resets_at": window.resets_at.isoformat(),
+        }
 
 
 @dataclass(frozen=True, slots=True)

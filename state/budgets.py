@@ -281,13 +281,26 @@ class BudgetBook:
         try:
             await self.ledger.write(hold)
         except _Refusal as refusal:
-            return await self._refused(refusal.window, amount)
+            return await self._refused(windows, refusal.window, amount)
         return Held(reservation_id=request_id, amount_usd=amount)
 
-    async def _refused(self, window: BudgetWindow, amount: float) -> Refused:
+    async def _refused(
+        self, windows: list[BudgetWindow], first: BudgetWindow, amount: float
+    ) -> Refused:
+        """Name the refusing budget that resets last: the request cannot pass before then.
+
+        The hold stopped at the first budget in lock order that refused (a day
+        sorts before a month); a month that refuses as well resets later, and
+        that is the reset a caller must wait for.
+        """
+        refusals = []
         async with self.ledger.engine.connect() as conn:
-            committed, reserved = await _counter_values(conn, window)
-        return Refused(window, committed, reserved, amount)
+            for window in windows:
+                committed, reserved = await _counter_values(conn, window)
+                over = committed + reserved + amount > window.limit_usd + EPSILON_USD
+                if over or window == first:
+                    refusals.append(Refused(window, committed, reserved, amount))
+        return max(refusals, key=lambda refused: refused.window.resets_at)
 
     async def settle(
         self, reservation_id: str, actual_usd: float, usage: UsageRecord | None = None

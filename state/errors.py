@@ -67,12 +67,29 @@ class BudgetExceededError(RouterError):
     error_type = "budget_error"
 
     def __init__(
-        self, message: str, *, remaining_usd: float | None = None, resets_at: str | None = None
+        self,
+        message: str,
+        *,
+        remaining_usd: float | None = None,
+        resets_at: str | None = None,
+        retry_after_s: int | None = None,
+        budget: dict[str, Any] | None = None,
     ) -> None:
-        """Keep what remains of the budget and when it resets."""
+        """Keep what remains of the budget, when it resets and which budget refused.
+
+        Args:
+            message: What was refused and what to do.
+            remaining_usd: What the budget still allows.
+            resets_at: When its window resets (ISO 8601).
+            retry_after_s: Seconds until then (the HTTP ``Retry-After``).
+            budget: The refusing budget: scope, key, period, window, limit, spent,
+                held, remaining and the request's amount.
+        """
         super().__init__(message)
         self.remaining_usd = remaining_usd
         self.resets_at = resets_at
+        self.retry_after_s = retry_after_s
+        self.budget = budget
 
 
 class NoBackendAvailableError(RouterError):

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from backends.catalog import get_catalog
 from emulator import EmulatorConfig, serve_emulator
 from emulator.server import _EmbeddedServer
 from gateway.app import create_app
-from state.context import Context, Services, build_services
+from state.context import Context, Services, build_services, utc_now
 from state.settings import Settings
 
 # The real-vLLM tier runs on its own (make test-vllm: it installs vLLM and starts
@@ -75,13 +76,16 @@ class Harness:
     async def stop(self, which: str) -> None:
         await self._emulators.pop(which).aclose()
 
-    async def services(self, **overrides: Any) -> Services:
+    async def services(
+        self, clock: Callable[[], datetime] | None = None, **overrides: Any
+    ) -> Services:
         values: dict[str, Any] = {
             "lambda_api_base": self.serverless_url or "http://127.0.0.1:9/v1",
             "gpu_endpoints": [self.gpu_url] if self.gpu_url else [],
         }
         values.update(overrides)
-        services = await build_services(make_settings(self.tmp_path, **values))
+        settings = make_settings(self.tmp_path, **values)
+        services = await build_services(settings, clock=clock or utc_now)
         self.stack.push_async_callback(services.aclose)
         return services
 

@@ -97,7 +97,7 @@ def gpu_pool_cost(settings: Settings) -> GpuPoolCost:
         f"{settings.gpu_instance_type} = {usd(endpoints * hourly)}/h, used or not), so a GPU "
         "request adds nothing to the bill while the pool has spare capacity. The ledger charges "
         f"each GPU request its share: GPU-seconds x {usd(hourly)} / 3600 / {concurrency} "
-        f"concurrent requests = ${per_second:.8f} per second it holds an endpoint; "
+        f"concurrent requests = {usd(per_second)} per second it holds an endpoint; "
         "the unused rest is the pool's idle cost."
     )
     return {

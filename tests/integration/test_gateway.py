@@ -11,6 +11,7 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from backends.catalog import get_catalog
 from gateway.openai_format import ChunkWriter
 from gateway.streaming import StreamRun, draining, sse_events
 from state.context import Services
+from state.reporting.money import usd
 from tests.conftest import TEST_KEY, Gateway, Harness, StartGateway
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -257,6 +259,52 @@ async def test_budget_refusal_is_402_with_remaining_and_reset(
         assert error["type"] == "budget_error"
         assert error["remaining_usd"] == 0.0
         assert error["resets_at"].endswith("+00:00")
+        assert int(caught.value.response.headers["retry-after"]) == error["retry_after_s"] > 0
+
+
+MID_NOVEMBER = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("budgets", "period", "limit", "retry_after_s", "advice"),
+    [
+        # 12 h to midnight
+        ({"lambda_daily_budget": 1e-6}, "day", 1e-6, 12 * 3600, "LAMBDA_DAILY_BUDGET"),
+        # both refuse: the day comes first in lock order, but only December lets it through
+        (
+            {"lambda_daily_budget": 0.0, "lambda_monthly_budget": 0.0},
+            "month",
+            0.0,
+            (15 * 24 + 12) * 3600,
+            "LAMBDA_MONTHLY_BUDGET",
+        ),
+    ],
+)
+async def test_a_402_says_which_budget_and_when_to_retry(
+    both_up: Harness, start_gateway: StartGateway, budgets, period, limit, retry_after_s, advice
+):
+    services = await both_up.services(
+        clock=lambda: MID_NOVEMBER, over_budget_policy="reject", **budgets
+    )
+    gateway = await start_gateway(services)
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{gateway.url}/chat/completions",
+            json={"messages": HELLO, "max_tokens": 512, "force_backend": "serverless"},
+        )
+    assert response.status_code == 402
+    assert response.headers["retry-after"] == str(retry_after_s)
+    error = response.json()["error"]
+    assert error["retry_after_s"] == retry_after_s
+    budget = error["budget"]
+    assert (budget["scope"], budget["key"], budget["period"]) == ("global", None, period)
+    assert budget["limit_usd"] == limit
+    assert budget["spent_usd"] == 0.0
+    assert budget["request_usd"] > limit
+    word = "daily" if period == "day" else "monthly"
+    assert f"{word} budget ({usd(limit)}) would be exceeded" in error["message"]
+    assert f"in {retry_after_s} s" in error["message"]
+    assert advice in error["message"]
 
 
 async def test_both_backends_failing_is_502(harness: Harness, start_gateway: StartGateway):
