@@ -228,7 +228,11 @@ class Gateway:
         context: Context | None = None
         try:
             parsed = parse_chat_request(await request.body(), request_id, caller(request))
-            context = Context(services=await self._services())
+            # a stream learns through ``cancelled`` that its client went away
+            context = Context(
+                services=await self._services(),
+                cancelled=asyncio.Event() if parsed.stream else None,
+            )
             if parsed.stream:
                 return await self._stream(parsed, context, request_id, started)
             result = await self.invoke(parsed.graph_input, context)
@@ -257,7 +261,7 @@ class Gateway:
             stream_mode=_STREAM_MODES,  # type: ignore[arg-type]
             output_keys=_STREAM_KEYS,
         )
-        run = StreamRun(cast(AsyncIterator[tuple[str, Any]], events))
+        run = StreamRun(cast(AsyncIterator[tuple[str, Any]], events), context.cancelled)
         try:
             first = await run.first_delta()
         except BaseException:

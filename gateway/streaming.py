@@ -2,8 +2,11 @@
 
 The gateway answers ``stream: true`` with OpenAI ``chat.completion.chunk``
 events. A task of its own (the pump) drives the graph run, so a client that
-goes away cancels only the reader: the run still finishes, its reservation is
-settled and its ledger row written (the tokens are paid for anyway).
+goes away cancels only the reader. The run is told (the context's ``cancelled``
+signal): the generate step stops reading the backend at the next token, which
+closes that connection so the server stops generating, and the run ends as
+usual: its ledger row says ``cancelled`` with the tokens produced until then,
+and its reservation is settled with their cost. Nothing is left half done.
 """
 
 from __future__ import annotations
@@ -50,11 +53,20 @@ class StreamRun:
     settled and its ledger row written.
     """
 
-    __slots__ = ("_pump", "_queue", "_request_id", "events", "values")
+    __slots__ = ("_cancel", "_pump", "_queue", "_request_id", "events", "values")
 
-    def __init__(self, source: AsyncIterator[tuple[str, Any]]) -> None:
-        """Start pumping ``source`` (the graph's stream) into the queue."""
+    def __init__(
+        self, source: AsyncIterator[tuple[str, Any]], cancel: asyncio.Event | None = None
+    ) -> None:
+        """Start pumping ``source`` (the graph's stream) into the queue.
+
+        Args:
+            source: The graph's stream.
+            cancel: The run's context's ``cancelled`` signal, set when the client
+                goes away (:meth:`detach`).
+        """
         self.values: Mapping[str, Any] = {}
+        self._cancel = cancel
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._request_id: str | None = None
         self._pump = asyncio.create_task(self._run(source))
@@ -97,8 +109,15 @@ class StreamRun:
         with contextlib.suppress(asyncio.CancelledError):
             await self._pump
 
-    def detach(self, request_id: str) -> None:
-        """Let the run finish with nobody listening (failures are logged)."""
+    def detach(self, request_id: str, *, client_gone: bool = False) -> None:
+        """Let the run finish with nobody listening (failures are logged).
+
+        Args:
+            request_id: The request's id, for the log.
+            client_gone: The client went away: tell the run to stop generating.
+        """
+        if client_gone and self._cancel is not None:
+            self._cancel.set()
         self._request_id = request_id
         draining.add(self._pump)
         self._pump.add_done_callback(draining.discard)
@@ -158,8 +177,9 @@ async def sse_events(
     finally:
         if not ended:
             end(ClientClosedError(), "cancelled")
-            # The client went away: the run still finishes, so its reservation is
-            # settled and its ledger row written (the tokens are paid for anyway).
-            run.detach(request_id)
+            # The client went away: the run stops generating at the next token and
+            # ends as usual, so its reservation is settled and its ledger row
+            # written (status cancelled, with the tokens produced so far).
+            run.detach(request_id, client_gone=True)
         elif not drained:
             await run.aclose()

@@ -28,11 +28,12 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, LLMResul
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tracers._streaming import _StreamingCallbackHandler
 from langgraph.config import get_config, get_stream_writer
-from langgraph.runtime import Runtime
+from langgraph.runtime import Runtime, get_runtime
 from langgraph.types import Command, RetryPolicy
 
 from backends.errors import BackendError
 from backends.openai_compat import ChatResult, OpenAICompatClient
+from backends.tokens import count_message_tokens, count_text_tokens
 from state.context import Context
 from state.schemas import Attempt, Backend, RouterState
 
@@ -118,10 +119,23 @@ def answer_message(backend: Backend, model: str, result: ChatResult, msg_id: str
     return message
 
 
+class CallerGoneError(Exception):
+    """The caller went away mid-stream: stop reading the backend (it is not the backend's fault)."""
+
+
+def _cancel_signal() -> asyncio.Event | None:
+    """Return the run's "caller went away" signal, if its context carries one."""
+    try:
+        context = get_runtime().context
+    except RuntimeError:
+        return None  # called as a plain function, outside a graph
+    return getattr(context, "cancelled", None)
+
+
 class _Listeners:
     """Where this call's deltas go: the custom stream and LangChain callbacks."""
 
-    __slots__ = ("backend", "custom", "msg_id", "run", "sent")
+    __slots__ = ("backend", "cancel", "chunks", "custom", "msg_id", "run", "sent", "text")
 
     def __init__(self, backend: Backend, msg_id: str) -> None:
         self.custom: Callable[[Any], None] | None = None
@@ -129,10 +143,14 @@ class _Listeners:
         self.msg_id = msg_id
         self.backend = backend
         self.sent = False
+        self.cancel: asyncio.Event | None = None
+        self.chunks = 0  # deltas received from the backend (each is at least one token)
+        self.text: list[str] = []
 
     async def start(self, state: RouterState, model: str, payload: dict[str, Any]) -> None:
         if state.get("stream"):
             self.custom = get_stream_writer()
+            self.cancel = _cancel_signal()
         try:
             config = get_config()
         except RuntimeError:
@@ -166,6 +184,12 @@ class _Listeners:
         )
 
     async def delta(self, delta: dict[str, Any], logprobs: Any, fingerprint: str | None) -> None:
+        self.chunks += 1
+        content = delta.get("content")
+        if isinstance(content, str):
+            self.text.append(content)
+        if self.cancel is not None and self.cancel.is_set():
+            raise CallerGoneError  # leaves the backend's stream, which closes its connection
         self.sent = True
         if self.custom is not None:
             self.custom(
@@ -214,9 +238,36 @@ async def call_backend(
         error.model = model
         error.latency_ms = (time.perf_counter() - started) * 1000
         raise
+    except CallerGoneError:
+        result = cancelled_result(payload, model, listeners, time.perf_counter() - started)
     message = answer_message(backend, model, result, listeners.msg_id)
     await listeners.end(message)
     return result, message
+
+
+CANCELLED = "cancelled"
+"""The finish reason of an answer cut short because its caller went away."""
+
+
+def cancelled_result(
+    payload: dict[str, Any], model: str, listeners: _Listeners, latency_s: float
+) -> ChatResult:
+    """Return the part of an answer produced before its caller went away.
+
+    The backend's usage chunk never came: the prompt is counted locally, and
+    the completion as the deltas received (each carries at least one token; the
+    text's own count when it is more), flagged as estimated.
+    """
+    text = "".join(listeners.text)
+    return ChatResult(
+        message={"role": "assistant", "content": text},
+        finish_reason=CANCELLED,
+        prompt_tokens=count_message_tokens(payload["messages"]),
+        completion_tokens=max(listeners.chunks, count_text_tokens(text)),
+        model=model,
+        latency_s=latency_s,
+        usage_estimated=True,
+    )
 
 
 def success_update(

@@ -5,6 +5,10 @@ record their share of the pool's instance cost by GPU-seconds: the time the
 request held an endpoint, at ``GPU_HOURLY_COST_USD``, divided by the
 ``GPU_CONCURRENCY_PER_ENDPOINT`` requests an instance serves at once. Idle
 instance time is nobody's request; reports show it as the pool's idle cost.
+
+A stream whose caller went away stops at the next token (the gateway sets the
+context's ``cancelled`` signal): its row has status ``cancelled``, the tokens
+produced until then, and their cost, settled against its hold like any answer.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from nodes.generation import cache_entry
+from nodes.generation import CANCELLED, cache_entry
 from state.context import Context, Services, resolve_services
 from state.errors import AllBackendsFailedError, BackendRejectedError
 from state.ledger import UsageRecord
@@ -49,6 +53,14 @@ def request_cost(
     gpu_seconds = answered["latency_ms"] / 1000
     share = gpu_seconds * settings.gpu_hourly_cost_usd / 3600
     return share / settings.gpu_concurrency_per_endpoint, gpu_seconds
+
+
+def answer_status(state: RouterState, answered: Attempt | None) -> str:
+    """Return the ledger status: ``ok``, ``failed``, or ``cancelled`` (caller left mid-stream)."""
+    if answered is None:
+        return "failed"
+    finish = (state.get("completion") or {}).get("finish_reason")
+    return CANCELLED if finish == CANCELLED else "ok"
 
 
 def rejected(attempts: list[Attempt]) -> BackendRejectedError | None:
@@ -88,7 +100,7 @@ async def track_usage(state: RouterState, runtime: Runtime[Context]) -> dict[str
         cost_usd=cost,
         gpu_seconds=gpu_seconds,
         latency_ms=round((time.time() - state["started_at"]) * 1000, 3),
-        status="ok" if answered else "failed",
+        status=answer_status(state, answered),
         routing_reason=reason,
         complexity_score=complexity["score"],
         complexity_level=complexity["level"],
@@ -101,7 +113,9 @@ async def track_usage(state: RouterState, runtime: Runtime[Context]) -> dict[str
     crossings = await services.reservations.settle(state.get("reservation"), serverless_cost, row)
     services.alerts.notify(crossings)
     key = state.get("cache_key")
-    if key is not None and answered is not None and not answered.get("cache_hit"):
+    # a cancelled answer is only its start: never served again from the cache
+    fresh = row.status == "ok" and answered is not None and not answered.get("cache_hit")
+    if key is not None and answered is not None and fresh:
         await services.cache.put(key, cache_entry(state, answered))
     if answered is None:
         raise rejected(attempts) or AllBackendsFailedError([dict(a) for a in attempts])

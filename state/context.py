@@ -220,6 +220,13 @@ class Context:
             "None uses the process default built from the environment."
         },
     )
+    cancelled: SkipJsonSchema[asyncio.Event | None] = field(
+        default=None,
+        metadata={
+            "description": "Set when the caller went away mid-stream: the answer stops at "
+            "the next token and is recorded as cancelled, with the tokens produced so far."
+        },
+    )
 
 
 async def resolve_services(context: Context | None) -> Services:

@@ -475,31 +475,63 @@ async def test_gateway_answers_beside_the_graph_api_in_langgraph_dev(langgraph_d
         assert "/v1/models" in paths
 
 
-async def test_a_client_that_leaves_mid_stream_still_gets_its_ledger_row(
-    harness: Harness, start_gateway: StartGateway
+@pytest.mark.parametrize("backend", ["serverless", "gpu"])
+async def test_a_client_that_leaves_mid_stream_leaves_one_cancelled_row_with_the_tokens_so_far(
+    harness: Harness, start_gateway: StartGateway, backend: str
 ):
-    await harness.start("serverless", api_key=TEST_KEY, tpot_ms=15)
-    await harness.start("gpu", tpot_ms=15)
+    urls = {
+        "serverless": await harness.start("serverless", api_key=TEST_KEY, tpot_ms=40),
+        "gpu": await harness.start("gpu", tpot_ms=40),
+    }
     services = await harness.services()
     gw = await start_gateway(services)
-    body = {"model": "auto", "messages": HELLO, "stream": True, "force_backend": "serverless"}
+    body = {"model": "auto", "messages": HELLO, "stream": True, "force_backend": backend}
+    received = 0
     async with httpx.AsyncClient() as http:
         async with http.stream("POST", f"{gw.url}/chat/completions", json=body) as response:
             assert response.status_code == 200
             async for line in response.aiter_lines():
                 if '"content":"' in line and '"content":""' not in line:
-                    break  # one token in, the client goes away
+                    received += 1
+                    if received == 3:
+                        break  # three tokens in, the client goes away
     rows: list[Any] = []
     for _ in range(200):
         rows = await services.ledger.rows()
         if rows:
             break
         await asyncio.sleep(0.05)
-    (row,) = rows
-    assert row.status == "ok"
-    assert row.backend == "serverless"
+    await asyncio.sleep(0.3)  # time for a second row, if one were (wrongly) coming
+    (row,) = await services.ledger.rows()
+    assert row.status == "cancelled"
+    assert row.backend == backend
+    # the tokens the backend produced before the router stopped reading, not the whole answer
+    async with httpx.AsyncClient(headers={"authorization": f"Bearer {TEST_KEY}"}) as http:
+        metrics = (await http.get(urls[backend].removesuffix("/v1") + "/metrics")).text
+        assert "vllm:request_success_total" in metrics
+        # the emulator never finished that answer: the router closed the connection
+        assert all(
+            line.endswith(" 0.0")
+            for line in metrics.splitlines()
+            if line.startswith("vllm:request_success_total")
+        )
+        served = get_catalog().by_id[row.model].served_name(backend)
+        whole = await http.post(
+            f"{urls[backend]}/chat/completions",
+            json={"model": served, "messages": HELLO, "max_tokens": 1024},
+        )
+    full = whole.json()["usage"]["completion_tokens"]
+    assert received <= row.completion_tokens < full
+    assert row.prompt_tokens > 0
     assert row.cost_usd > 0
-    # the reservation was settled with the real cost, not left to expire
+    if backend == "gpu":
+        # the endpoint's slot came back; the GPU answer spends no serverless budget
+        assert [e.in_flight for e in services.gpu_pool.endpoints] == [0]
+        assert row.gpu_seconds > 0
+        return
+    model = get_catalog().by_id[row.model]
+    assert row.cost_usd == pytest.approx(model.cost_usd(row.prompt_tokens, row.completion_tokens))
+    # the reservation was settled with that cost, not left to expire
     (day,) = [b for b in await services.budgets.status() if b["period"] == "day"]
     assert day["reserved_usd"] == pytest.approx(0, abs=1e-12)
     assert day["spent_usd"] == pytest.approx(row.cost_usd)
