@@ -44,7 +44,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -242,14 +242,12 @@ def ledger_unavailable(exc: BaseException) -> LedgerUnavailableError | None:
     """Return the typed error for a lost or refused database connection, else None.
 
     SQLAlchemy marks an error that broke its connection (``connection_invalidated``);
-    a refused or reset connection comes as an operational or interface error, or as
-    the ``OSError`` of the socket. Anything else (a constraint, a bug) is not this.
+    a refused or reset connection comes as the socket's ``ConnectionError``.
+    Anything else (a missing table, a constraint, a bug) is not this.
     """
     if isinstance(exc, LedgerUnavailableError):
         return exc
-    lost = isinstance(exc, DBAPIError) and (
-        exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
-    )
+    lost = isinstance(exc, DBAPIError) and exc.connection_invalidated
     if lost or isinstance(exc, ConnectionError):
         return LedgerUnavailableError()
     return None
