@@ -9,7 +9,7 @@ export LANGSMITH_TEST_TRACKING ?= false
 export LANGGRAPH_CLI_NO_ANALYTICS ?= 1
 export LANGGRAPH_NO_VERSION_CHECK ?= true
 
-.PHONY: serve ask dev test test-vllm lint install install-test bench
+.PHONY: serve ask dev test test-load test-soak test-vllm lint install install-test bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,18 @@ lint: install-test
 test: lint
 	$(BIN)/python -m pytest -q tests/unit
 	$(BIN)/python -m pytest -q tests/integration
+
+# The load test at full size: 10,000 requests at concurrency 64 through two workers
+# on PostgreSQL, 5 % of backend calls failing (make test runs 1,000). The soak runs
+# the same load for SOAK_SECONDS. Both print their figures and write them to
+# test-artifacts/load.json (RELIABILITY.md quotes the last full run).
+LOAD_REQUESTS ?= 10000
+SOAK_SECONDS ?= 600
+test-load: install-test
+	LOAD_REQUESTS=$(LOAD_REQUESTS) $(BIN)/python -m pytest -q -s --timeout 3600 tests/integration/test_load.py
+
+test-soak: install-test
+	LOAD_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m pytest -q -s --timeout $$(( $(SOAK_SECONDS) + 900 )) tests/integration/test_load.py
 
 # The GPU pool against two real vLLM servers (the CPU build, a tiny random Llama
 # made offline). vLLM gets its own virtualenv, .venv-vllm (about 3.4 GB), never .venv;

@@ -196,9 +196,14 @@ class ServerProcess:
 
 @contextlib.contextmanager
 def server_process(
-    command: list[str], env: dict[str, str], port: int, log_path: Path, cwd: Path = ROOT
+    command: list[str],
+    env: dict[str, str],
+    port: int,
+    log_path: Path,
+    cwd: Path = ROOT,
+    ready_path: str = "/ok",
 ) -> Iterator[ServerProcess]:
-    """Run a server command until its ``/ok`` answers; yield it, stop it after."""
+    """Run a server command until its ``ready_path`` answers; yield it, stop it after."""
     with log_path.open("w") as log:
         process = subprocess.Popen(
             command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -208,7 +213,7 @@ def server_process(
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline and process.poll() is None:
                 try:
-                    if httpx.get(f"{url}/ok", timeout=1).status_code == 200:
+                    if httpx.get(f"{url}{ready_path}", timeout=1).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass
@@ -232,6 +237,31 @@ def running_server(
     """Run a server command until its ``/ok`` answers; yield its URL, stop it after."""
     with server_process(command, env, port, log_path, cwd) as server:
         yield server.url
+
+
+@contextlib.contextmanager
+def emulator_process(log_dir: Path, name: str, *options: str) -> Iterator[str]:
+    """Run ``hybrid-router emulate`` as a process of its own; yield its base URL (``.../v1``).
+
+    For load that the test's own event loop should not share with the backends.
+    ``options`` are the command's (``--fail-rate``, ``--ttft-ms``, ...).
+    """
+    models = SERVERLESS_MODELS if name == "serverless" else GPU_MODELS
+    port = free_port()
+    command = [
+        str(Path(sys.executable).parent / "hybrid-router"),
+        "emulate",
+        "--port",
+        str(port),
+        "--name",
+        name,
+        "--models",
+        ",".join(models),
+        *options,
+    ]
+    log = log_dir / f"emulator-{name}.log"
+    with server_process(command, dict(os.environ), port, log, ready_path="/health") as server:
+        yield f"{server.url}/v1"
 
 
 def langgraph_dev_command(port: int) -> list[str]:
