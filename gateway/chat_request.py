@@ -77,6 +77,23 @@ def _name(body: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
+def _check_content(content: Any, index: int) -> None:
+    """Refuse a message content that is neither text, nor a list of parts, nor absent."""
+    if content is None or isinstance(content, str):
+        return
+    if isinstance(content, list) and all(
+        isinstance(part, dict) and isinstance(part.get("type"), str) for part in content
+    ):
+        return
+    got = type(content).__name__ if not isinstance(content, list) else "a list of other things"
+    raise GatewayRequestError(
+        f"messages[{index}].content must be a string, or a list of content parts such as "
+        f'[{{"type": "text", "text": "Hello!"}}], got {got}',
+        param=f"messages[{index}].content",
+        code="invalid_request",
+    )
+
+
 def parse_chat_request(
     raw: bytes, request_id: str, caller: ApiKeyIdentity | None = None
 ) -> ChatRequest:
@@ -145,15 +162,18 @@ def chat_request_from_body(
             code="missing_required_parameter",
         )
     n = body.get("n")
-    if n is not None and n != 1:
-        if isinstance(n, int) and not isinstance(n, bool) and n > 1:
+    if n is not None and (type(n) is not int or n != 1):  # true and 1.0 equal 1, and are not
+        if type(n) is int and n > 1:
             raise GatewayRequestError(
                 f"n={n} is not supported: the router returns one choice per request; "
                 "send n=1 or leave it out, and send several requests for several answers",
                 param="n",
                 code="unsupported_value",
             )
-        raise GatewayRequestError(f"'n' must be 1, got {n!r:.40}", param="n")
+        raise GatewayRequestError(
+            f"'n' must be 1 (the router returns one choice per request), got {n!r:.40}",
+            param="n",
+        )
 
     stream = _optional_bool(body, "stream")
     include_usage = False
@@ -175,13 +195,14 @@ def chat_request_from_body(
         )
     for index, message in enumerate(messages):
         role = message.get("role") if isinstance(message, dict) else None
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise GatewayRequestError(
                 f"messages[{index}] must be an object whose 'role' is one of "
                 f"{', '.join(sorted(_ROLES))}, got {role if role is not None else message!r:.60}",
                 param=f"messages[{index}].role",
                 code="invalid_request",
             )
+        _check_content(message.get("content"), index)
     graph_input: RouterInput = {"messages": messages, "request_id": request_id}
     limits = [
         value
