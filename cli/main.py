@@ -67,6 +67,20 @@ def _parser() -> argparse.ArgumentParser:
         "migrate", help="bring the ledger database (DATABASE_URL) to the newest schema"
     )
 
+    budget = commands.add_parser(
+        "budget",
+        help="show or set a user's or a team's budget in the ledger (on the router's host, "
+        "no API key needed; over HTTP, PUT /budget needs an admin key)",
+    )
+    budget.add_argument("scope", choices=["user", "team"])
+    budget.add_argument("name", help="the user's or team's name")
+    budget.add_argument(
+        "--daily-usd", type=_usd_limit, help="daily limit in USD ('none': no limit)"
+    )
+    budget.add_argument(
+        "--monthly-usd", type=_usd_limit, help="monthly limit in USD ('none': no limit)"
+    )
+
     emulate = commands.add_parser(
         "emulate", help="serve an OpenAI-compatible emulator (for development and tests)"
     )
@@ -83,6 +97,63 @@ def _parser() -> argparse.ArgumentParser:
     emulate.add_argument("--seed", type=int, help="seed of the failure draw")
     planner_cli.add_commands(commands)
     return parser
+
+
+_NO_LIMIT = "none"
+
+
+def _usd_limit(text: str) -> float | str:
+    """Parse a budget limit: USD >= 0, or 'none' for no limit."""
+    if text.strip().lower() == _NO_LIMIT:
+        return _NO_LIMIT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"a limit is a number of USD >= 0, or 'none'; got {text!r}"
+        )
+    return value
+
+
+async def _budget(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Set a budget when a limit is given; return the scope's budgets now."""
+    from state.budgets import BudgetBook
+    from state.context import utc_now
+    from state.ledger import NAME_MAX_CHARS, Ledger, build_engine
+    from state.settings import get_settings
+
+    if not 1 <= len(args.name) <= NAME_MAX_CHARS:
+        raise BadRequestError(f"the {args.scope}'s name must be 1 to {NAME_MAX_CHARS} characters")
+    settings = get_settings()
+    ledger = Ledger(build_engine(settings), settings)
+    try:
+        book = BudgetBook(ledger, settings, utc_now)
+        limits = (args.daily_usd, args.monthly_usd)
+        if any(limit is not None for limit in limits):
+            before = await book.status(**{args.scope: args.name})
+            current = {w["period"]: w["limit_usd"] for w in before if w["scope"] == args.scope}
+            daily, monthly = (
+                current.get(period) if limit is None else None if limit == _NO_LIMIT else limit
+                for period, limit in zip(("day", "month"), limits, strict=True)
+            )
+            await book.set_budget(args.scope, args.name, daily, monthly)
+        status = await book.status(**{args.scope: args.name})
+    finally:
+        await ledger.aclose()
+    return [w for w in status if w["scope"] == args.scope]
+
+
+def _print_budget(args: argparse.Namespace, windows: list[dict[str, Any]]) -> None:
+    if not windows:
+        print(f"{args.scope} {args.name} has no budget of its own")
+    for w in windows:
+        what = "daily" if w["period"] == "day" else "monthly"
+        print(
+            f"{args.scope} {args.name} {what}: {usd(w['spent_usd'])} spent of "
+            f"{usd(w['limit_usd'])}, {usd(w['remaining_usd'])} left, resets {w['resets_at']}"
+        )
 
 
 async def _ask(args: argparse.Namespace) -> dict[str, Any]:
@@ -205,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             upgrade_blocking(settings)
             safe_url = make_url(sync_database_url(settings)).render_as_string(hide_password=True)
             print(f"ledger schema is up to date ({safe_url})")
+            return 0
+        if args.command == "budget":
+            _print_budget(args, asyncio.run(_budget(args)))
             return 0
         result = asyncio.run(_ask(args))
     except ValidationError as error:

@@ -21,7 +21,9 @@ entries, :class:`state.api_keys.RouterApiKeys`), guards both doors:
 
 Under ``langgraph dev`` / ``langgraph up`` the gateway app's middleware
 becomes the server's global middleware, so the graph API is guarded twice by
-the same keys. With ``ROUTER_API_KEYS`` unset both doors let everyone in.
+the same keys. With ``ROUTER_API_KEYS`` unset both doors let everyone in, and
+the routes themselves refuse what needs to know who asks (reports, budgets,
+metrics: :mod:`gateway.access`).
 
 Keys are compared by their SHA-256 digests and never logged, stored or echoed.
 """

@@ -20,8 +20,10 @@ the package: the page needs nothing but this server, and its Content-Security-Po
 forbids every other origin.
 
 Every figure comes from :func:`state.reporting.dashboard.dashboard_data`; this
-module serves the page, its files and that data. Importing it does no I/O;
-static files are read off the event loop on first use and kept in memory.
+module serves the page, its files and that data. A key sees its own user's and
+team's figures, an admin key everyone's (:func:`gateway.access.tenant_of`);
+without ``ROUTER_API_KEYS`` the page and its data answer 403, saying what to set.
+Importing it does no I/O; static files are read off the event loop on first use and kept in memory.
 """
 
 from __future__ import annotations
@@ -41,8 +43,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.access import tenant_of
+from gateway.openai_format import error_payload
 from state.context import Services
 from state.reporting.dashboard import DEFAULT_DAYS, MAX_DAYS, dashboard_data
+from state.reporting.tenants import Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +127,7 @@ class Dashboard:
         """
         self._services = services
         self._cache_s = cache_s
-        self._data: dict[int, tuple[float, bytes]] = {}
+        self._data: dict[tuple[int, Tenant | None], tuple[float, bytes]] = {}
         self._files: dict[str, StaticFile] = {}
 
     async def _file(self, name: str) -> StaticFile | None:
@@ -148,7 +153,13 @@ class Dashboard:
         tags: [Dashboard]
         responses:
           '200': {description: an HTML page that draws data and refreshes every 10 s}
+          '403': {description: no API keys are configured (the message says what to set)}
         """
+        try:
+            tenant_of(request, (await self._services()).settings, "the dashboard")
+        except Exception as exc:
+            status, error = error_payload(exc, "dashboard")
+            return _json_error(status, error["message"], str(error["code"]))
         file = await self._file(PAGE)
         if file is None:
             return _json_error(500, "the dashboard page is missing from the package", "missing")
@@ -186,10 +197,15 @@ class Dashboard:
             required: false
             description: calendar days to show, today included (1-366, default 14)
             schema: {type: integer, minimum: 1, maximum: 366, default: 14}
+          - {name: user, in: query, schema: {type: string},
+             description: one user's figures (a key may name only its own user)}
+          - {name: team, in: query, schema: {type: string},
+             description: one team's figures (a key may name only its own team)}
         responses:
           '200': {description: 'generated_at, range, emulated, spend, split, latency,
             totals, savings, budgets, alerts'}
           '400': {description: days is not an integer between 1 and 366}
+          '403': {description: no API keys are configured, or another tenant was asked for}
           '500': {description: the ledger could not be read}
         """
         raw = request.query_params.get("days", str(DEFAULT_DAYS))
@@ -201,12 +217,18 @@ class Dashboard:
             return _json_error(
                 400, f"days must be an integer from 1 to {MAX_DAYS}, got {raw[:20]!r}", "bad_days"
             )
-        cached = self._data.get(days)
+        try:
+            services = await self._services()
+            tenant = tenant_of(request, services.settings, "the dashboard's data")
+        except Exception as exc:
+            status, error = error_payload(exc, "dashboard")
+            return _json_error(status, error["message"], str(error["code"]))
+        # one answer per range and tenant: a key never gets another tenant's cached figures
+        cached = self._data.get((days, tenant))
         if cached is not None and time.monotonic() - cached[0] < self._cache_s:
             body = cached[1]
         else:
             try:
-                services = await self._services()
                 figures = await dashboard_data(
                     services.ledger,
                     services.budgets,
@@ -215,12 +237,13 @@ class Dashboard:
                     services.clock(),
                     days,
                     emulated=services.emulated,
+                    tenant=tenant,
                 )
             except Exception:
                 logger.exception("the dashboard's figures could not be read")
                 return _json_error(500, "the ledger could not be read; see the log", "internal")
             body = orjson.dumps(figures)
-            self._data[days] = (time.monotonic(), body)
+            self._data[(days, tenant)] = (time.monotonic(), body)
         return Response(body, media_type=_JSON, headers={"cache-control": "no-store"})
 
 

@@ -7,11 +7,15 @@
   calendar day and month in ``BUDGET_TIMEZONE``, the budgets' windows).
 - ``GET /usage?days=N&group_by=day|model|backend|user``:
   :func:`state.reporting.usage.usage_of_last_days`: today and the ``N - 1`` days before.
-- ``GET /budget``: :meth:`state.budgets.BudgetBook.status` of the caller (the API
-  key's user and team; ``?user=&team=`` when authentication is off).
-- ``PUT /budget/{scope}/{key}``: set a user's or a team's daily and monthly limit.
+- ``GET /budget``: :meth:`state.budgets.BudgetBook.status` of the caller's user and team.
+- ``PUT /budget/{scope}/{key}``: set a user's or a team's daily and monthly limit (admin).
 - ``GET /metrics``: Prometheus text (:mod:`gateway.metrics`), its budget gauges set
-  from :func:`state.reporting.budget_status.every_budget_status`.
+  from :func:`state.reporting.budget_status.every_budget_status` (admin).
+
+Who sees what is :mod:`gateway.access`'s: the reports show a key its own user's
+and team's figures (``?user=`` / ``?team=`` narrow them; an admin may name
+anyone, and sees everyone's by default); without ``ROUTER_API_KEYS`` the
+reports and the admin routes answer 403.
 
 The routes read their parameters and answer JSON; every figure comes from
 :mod:`state.reporting` or the budget book. Errors are OpenAI error objects,
@@ -31,7 +35,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.auth import PermissionDeniedError, caller
+from gateway.access import require_admin, tenant_of
 from gateway.chat_request import GatewayRequestError
 from gateway.health import HealthCheck
 from gateway.metrics import RouterMetrics
@@ -105,10 +109,14 @@ class Operations:
               {start, end, requests, by_backend: {serverless|gpu|none: {requests, share,
               cost_usd}}, by_status: {ok, failed}, fallbacks, fallback_rate, cost_usd};
               a request counts as a fallback when it tried more than one backend call.
+          '403': {description: no API keys are configured, or another tenant was asked for}
         """
         try:
             services = await self._services()
-            stats = await routing_stats(services.ledger, services.settings, services.clock())
+            tenant = tenant_of(request, services.settings, "GET /stats")
+            stats = await routing_stats(
+                services.ledger, services.settings, services.clock(), tenant
+            )
         except Exception as exc:
             return _error(exc)
         return _json(stats)
@@ -126,16 +134,22 @@ class Operations:
              description: today and the days before it (calendar days in BUDGET_TIMEZONE)}
           - {name: group_by, in: query,
              schema: {type: string, enum: [day, model, backend, user], default: day}}
+          - {name: user, in: query, schema: {type: string},
+             description: one user's rows (a key may name only its own user)}
+          - {name: team, in: query, schema: {type: string},
+             description: one team's rows (a key may name only its own team)}
         responses:
           '200':
             description: >-
               {days, start, end, group_by, totals, groups: {KEY: figures}, savings}
               (state.reporting.usage.usage_of_last_days)
           '400': {description: bad days or group_by}
+          '403': {description: no API keys are configured, or another tenant was asked for}
         """
         try:
             days, group_by = _usage_params(request)
             services = await self._services()
+            tenant = tenant_of(request, services.settings, "GET /usage")
             report = await usage_of_last_days(
                 services.ledger,
                 services.settings,
@@ -143,6 +157,7 @@ class Operations:
                 services.clock(),
                 days,
                 group_by,
+                tenant,
             )
         except Exception as exc:
             return _error(exc)
@@ -158,23 +173,29 @@ class Operations:
         tags: [Operations]
         parameters:
           - {name: user, in: query, schema: {type: string},
-             description: the user to show when authentication is off (else the key's user)}
+             description: the user whose budgets to show (a key may name only its own)}
           - {name: team, in: query, schema: {type: string},
-             description: the team to show when authentication is off (else the key's team)}
+             description: the team whose budgets to show (a key may name only its own)}
         responses:
           '200':
             description: >-
               {user, team, budgets: [{scope, key, period, window, limit_usd, spent_usd,
-              reserved_usd, remaining_usd, used_fraction, resets_at}]}
-          '403': {description: asked for another user's or team's budgets}
+              reserved_usd, remaining_usd, used_fraction, resets_at}]}; an admin who names
+              nobody gets every budget there is
+          '403': {description: no API keys are configured, or another tenant was asked for}
         """
         try:
-            user, team = _names(request)
             services = await self._services()
-            budgets = await services.budgets.status(user, team)
+            tenant = tenant_of(request, services.settings, "GET /budget")
+            if tenant is None:
+                budgets = await every_budget_status(
+                    services.budgets, services.ledger, services.settings
+                )
+                return _json({"user": None, "team": None, "budgets": budgets})
+            budgets = await services.budgets.status(tenant.user, tenant.team)
         except Exception as exc:
             return _error(exc)
-        return _json({"user": user, "team": team, "budgets": budgets})
+        return _json({"user": tenant.user, "team": tenant.team, "budgets": budgets})
 
     async def set_budget(self, request: Request) -> Response:
         """Answer ``PUT /budget/{scope}/{key}``: set a user's or a team's budget.
@@ -198,8 +219,11 @@ class Operations:
         responses:
           '200': {description: '{scope, key, daily_usd, monthly_usd, budgets: [...]}'}
           '400': {description: bad scope, name or body}
+          '403': {description: not an admin key, or no API keys are configured}
         """
         try:
+            services = await self._services()
+            require_admin(request, services.settings, "PUT /budget")
             scope = request.path_params["scope"]
             key = request.path_params["key"]
             if scope not in ("user", "team"):
@@ -213,13 +237,6 @@ class Operations:
                     f"the {scope}'s name must be 1 to {NAME_MAX_CHARS} characters", param="key"
                 )
             daily, monthly = _budget_body(await request.body())
-            services = await self._services()
-            who = caller(request)
-            if who is not None and who.user not in services.settings.router_admin_users:
-                raise PermissionDeniedError(
-                    "only the users named in ROUTER_ADMIN_USERS may set budgets; "
-                    "ask the operator to change this budget"
-                )
             await services.budgets.set_budget(scope, key, daily, monthly)
             windows = await services.budgets.status(**{scope: key})
         except Exception as exc:
@@ -244,9 +261,14 @@ class Operations:
         tags: [Operations]
         responses:
           '200': {description: Prometheus text exposition format}
+          '403': {description: not an admin key, or no API keys are configured}
         """
         try:
             services = await self._services()
+            require_admin(request, services.settings, "GET /metrics")
+        except Exception as exc:
+            return _error(exc)
+        try:
             self._metrics.observe_pool(services.gpu_pool)
             windows = await every_budget_status(
                 services.budgets, services.ledger, services.settings
@@ -279,26 +301,6 @@ def _usage_params(request: Request) -> tuple[int, GroupBy]:
             param="group_by",
         )
     return days, cast(GroupBy, group_by)
-
-
-def _names(request: Request) -> tuple[str | None, str | None]:
-    """Return the user and team whose budgets ``GET /budget`` shows."""
-    query = request.query_params
-    asked_user, asked_team = query.get("user") or None, query.get("team") or None
-    who = caller(request)
-    if who is None:
-        for name, value in (("user", asked_user), ("team", asked_team)):
-            if value is not None and len(value) > NAME_MAX_CHARS:
-                raise GatewayRequestError(
-                    f"'{name}' must be at most {NAME_MAX_CHARS} characters", param=name
-                )
-        return asked_user, asked_team
-    if asked_user not in (None, who.user) or asked_team not in (None, who.team):
-        raise PermissionDeniedError(
-            "with API keys, GET /budget shows the budgets of the key's own user and team "
-            "only: leave out ?user= and ?team="
-        )
-    return who.user, who.team
 
 
 def _budget_body(raw: bytes) -> tuple[float | None, float | None]:

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from backends.catalog import Catalog
 from state.ledger import Alert, Ledger, UsageRecord
+from state.reporting.tenants import Tenant
 from state.reporting.usage import summarize, usage_report
 from state.reporting.windows import as_utc, last_days, local_date
 from state.schemas import BACKENDS
@@ -30,7 +31,11 @@ RECENT_ALERTS = 10
 
 
 async def daily_series(
-    ledger: Ledger, settings: Settings, end: datetime, days: list[date]
+    ledger: Ledger,
+    settings: Settings,
+    end: datetime,
+    days: list[date],
+    tenant: Tenant | None = None,
 ) -> dict[str, Any]:
     """Return per-day spend by backend, requests and month-to-date serverless spend.
 
@@ -39,6 +44,7 @@ async def daily_series(
         settings: The settings (``BUDGET_TIMEZONE``).
         end: The end of the range (now).
         days: The local days to report, oldest first.
+        tenant: Whose rows (None: everyone's).
 
     Returns:
         ``{days, serverless_usd, gpu_usd, requests, month_to_date_serverless_usd}``,
@@ -53,6 +59,8 @@ async def daily_series(
         UsageRecord.created_at >= since.astimezone(UTC),
         UsageRecord.created_at < end.astimezone(UTC),
     )
+    if tenant is not None:
+        query = query.where(tenant.usage_filter())
     async with ledger.engine.connect() as conn:
         rows = (await conn.execute(query)).all()
     spend: dict[tuple[date, str], float] = defaultdict(float)
@@ -79,9 +87,13 @@ async def daily_series(
     }
 
 
-async def recent_alerts(ledger: Ledger, limit: int = RECENT_ALERTS) -> list[dict[str, Any]]:
-    """Return the newest budget alerts, newest first."""
+async def recent_alerts(
+    ledger: Ledger, limit: int = RECENT_ALERTS, tenant: Tenant | None = None
+) -> list[dict[str, Any]]:
+    """Return the newest budget alerts, newest first (a tenant's: global, its own)."""
     query = select(Alert.__table__).order_by(Alert.created_at.desc(), Alert.id.desc()).limit(limit)
+    if tenant is not None:
+        query = query.where(tenant.alert_filter())
     async with ledger.engine.connect() as conn:
         rows = (await conn.execute(query)).all()
     return [
@@ -117,6 +129,7 @@ async def dashboard_data(
     days: int = DEFAULT_DAYS,
     *,
     emulated: bool = False,
+    tenant: Tenant | None = None,
 ) -> dict[str, Any]:
     """Gather everything the dashboard draws for the last ``days`` calendar days.
 
@@ -131,6 +144,8 @@ async def dashboard_data(
         now: The current time.
         days: How many days, today included (1 to 366).
         emulated: Whether the backends are the local emulators (shown on the page).
+        tenant: Whose figures: one user's and team's rows, alerts and budgets (None:
+            everyone's rows and alerts, and the global budgets).
 
     Returns:
         A JSON-ready mapping with the keys ``generated_at``, ``range``,
@@ -144,10 +159,10 @@ async def dashboard_data(
     if not 1 <= days <= MAX_DAYS:
         raise ValueError(f"days must be between 1 and {MAX_DAYS}, got {days}")
     start, end, day_list = last_days(now, settings.zone, days)
-    report = await usage_report(ledger, settings, catalog, start, end, group_by="backend")
-    series = await daily_series(ledger, settings, end, day_list)
-    status = await budgets.status()
-    alerts = await recent_alerts(ledger)
+    report = await usage_report(ledger, settings, catalog, start, end, "backend", tenant)
+    series = await daily_series(ledger, settings, end, day_list, tenant)
+    status = await (budgets.status(tenant.user, tenant.team) if tenant else budgets.status())
+    alerts = await recent_alerts(ledger, tenant=tenant)
     groups = report["groups"]
     per_backend = {name: groups.get(name) or summarize([]) for name in BACKENDS}
     unanswered = groups.get("(none)") or summarize([])

@@ -32,6 +32,7 @@ from typing_extensions import TypedDict
 
 from backends.catalog import Catalog
 from state.ledger import Ledger, UsageRecord
+from state.reporting.tenants import Tenant
 from state.reporting.windows import (
     as_utc,
     calendar_windows,
@@ -152,8 +153,11 @@ async def usage_report(
     start: datetime,
     end: datetime,
     group_by: GroupBy = "day",
+    tenant: Tenant | None = None,
 ) -> dict[str, Any]:
     """Return totals, per-group figures and savings for ``[start, end)``.
+
+    ``tenant`` limits the rows to one user's and team's (None: every row).
 
     Raises:
         ValueError: ``group_by`` is unknown or the range is empty.
@@ -167,6 +171,8 @@ async def usage_report(
         UsageRecord.created_at >= start.astimezone(UTC),
         UsageRecord.created_at < end.astimezone(UTC),
     )
+    if tenant is not None:
+        query = query.where(tenant.usage_filter())
     async with ledger.engine.connect() as conn:
         rows = (await conn.execute(query)).all()
     zone = settings.zone
@@ -194,6 +200,7 @@ async def usage_of_last_days(
     now: datetime,
     days: int,
     group_by: GroupBy = "day",
+    tenant: Tenant | None = None,
 ) -> dict[str, Any]:
     """Return the usage report of today and the ``days - 1`` calendar days before (``/usage``).
 
@@ -204,12 +211,13 @@ async def usage_of_last_days(
         now: The current time.
         days: Calendar days in ``BUDGET_TIMEZONE``, today included.
         group_by: How to group the figures.
+        tenant: Whose rows (None: everyone's).
 
     Returns:
         ``{days, start, end, group_by, totals, groups, savings}``.
     """
     start, end, _ = last_days(now, settings.zone, days)
-    report = await usage_report(ledger, settings, catalog, start, end, group_by)
+    report = await usage_report(ledger, settings, catalog, start, end, group_by, tenant)
     return {"days": days, **report}
 
 
@@ -282,7 +290,9 @@ def _routing_of(rows: list[Any], start: datetime, end: datetime) -> dict[str, An
     }
 
 
-async def routing_stats(ledger: Ledger, settings: Settings, now: datetime) -> dict[str, Any]:
+async def routing_stats(
+    ledger: Ledger, settings: Settings, now: datetime, tenant: Tenant | None = None
+) -> dict[str, Any]:
     """Return today's and this month's routing split, statuses, fallbacks and cost (``/stats``).
 
     A request counts as a fallback when it tried more than one backend call.
@@ -292,6 +302,7 @@ async def routing_stats(ledger: Ledger, settings: Settings, now: datetime) -> di
         ledger: The ledger.
         settings: The settings (``BUDGET_TIMEZONE``).
         now: The current time.
+        tenant: Whose rows (None: everyone's).
 
     Returns:
         ``{timezone, generated_at, today: PERIOD, month: PERIOD}``, where PERIOD
@@ -321,6 +332,8 @@ async def routing_stats(ledger: Ledger, settings: Settings, now: datetime) -> di
                 )
                 .group_by(UsageRecord.backend, UsageRecord.status)
             )
+            if tenant is not None:
+                query = query.where(tenant.usage_filter())
             rows = list((await conn.execute(query)).all())
             figures[name] = _routing_of(rows, start, end)
     return {"timezone": settings.budget_timezone, "generated_at": now.isoformat(), **figures}

@@ -41,7 +41,6 @@ from tests.integration import test_ops_routes
 from tests.integration.test_ops_routes import HELLO, Serve, Served
 
 serve = test_ops_routes.serve  # the fixture: serve a gateway app in this loop
-served = test_ops_routes.served  # the fixture: a gateway without keys
 
 ALICE_KEY = "sk-router-alice-6f1d0c9e7b2a4f58"
 BOB_KEY = "sk-router-bob-93ab71c2d4e5f607"
@@ -123,7 +122,7 @@ def test_malformed_router_api_keys_say_what_is_wrong_without_the_key(value, mess
 @pytest.fixture
 async def guarded(both_up: Harness, serve: Serve) -> Served:
     services = await both_up.services(router_api_keys=KEYS, user_budgets={"alice": {"daily": 5.0}})
-    return await serve(services)
+    return await serve(services, key=None)
 
 
 async def test_no_key_and_a_wrong_key_are_401_with_an_openai_error(guarded: Served):
@@ -156,8 +155,8 @@ async def test_every_route_but_health_needs_a_key(guarded: Served):
         ("GET", "/stats", 200),
         ("GET", "/usage", 200),
         ("GET", "/budget", 200),
-        ("PUT", "/budget/user/alice", 400),  # with a key: the body is checked
-        ("GET", "/metrics", 200),
+        ("PUT", "/budget/user/alice", 403),  # bob is no admin
+        ("GET", "/metrics", 403),  # every tenant's budgets: admins only
         ("GET", "/nowhere", 404),
     ]:
         body = {"daily_usd": 100}
@@ -215,7 +214,7 @@ async def test_routes_mounted_later_are_guarded_too(both_up: Harness, serve: Ser
         return JSONResponse({"user": who.user if who else None})
 
     app.mount("/extra", Starlette(routes=[Route("/whoami", whoami)]))
-    served = await serve(services, app)
+    served = await serve(services, app, key=None)
     assert (await served.http.get("/extra/whoami")).status_code == 401
     response = await served.http.get("/extra/whoami", headers=bearer(BOB_KEY))
     assert response.status_code == 200
@@ -248,14 +247,20 @@ async def test_keys_never_reach_logs_ledger_or_responses(
     assert_no_key_in(*(repr(record.__dict__) for record in caplog.records))
 
 
-async def test_without_keys_the_body_names_the_user_and_team(served: Served):
-    await served.chat(user="carol", extra_body={"team": "search"})
-    (row,) = await served.rows()
+@pytest.fixture
+async def open_gateway(both_up: Harness, serve: Serve) -> Served:
+    """A gateway without keys."""
+    return await serve(await both_up.services())
+
+
+async def test_without_keys_the_body_names_the_user_and_team(open_gateway: Served):
+    await open_gateway.chat(user="carol", extra_body={"team": "search"})
+    (row,) = await open_gateway.rows()
     assert (row.user, row.team) == ("carol", "search")
 
 
-async def test_a_team_that_is_not_a_string_is_400(served: Served):
-    response = await served.http.post(
+async def test_a_team_that_is_not_a_string_is_400(open_gateway: Served):
+    response = await open_gateway.http.post(
         "/v1/chat/completions", json={"messages": HELLO, "team": ["a"]}
     )
     assert response.status_code == 400
@@ -383,7 +388,7 @@ async def test_dashboard_signs_in_with_a_form_and_a_cookie(guarded: Served):
 
 async def test_only_admin_users_set_budgets(both_up: Harness, serve: Serve):
     services = await both_up.services(router_api_keys=KEYS, router_admin_users="alice")
-    served = await serve(services)
+    served = await serve(services, key=None)
     refused = await served.http.put(
         "/budget/user/bob", json={"daily_usd": 1000}, headers=bearer(BOB_KEY)
     )
@@ -411,7 +416,7 @@ async def test_standalone_graph_api_runs_as_the_keys_owner(both_up: Harness, ser
 
     app = create_app(provide)
     app.router.routes[0:0] = graph_api_routes(provide)
-    served = await serve(services, app)
+    served = await serve(services, app, key=None)
     anonymous = get_client(url=served.base, api_key=None)
     with pytest.raises(Exception, match="401"):
         await anonymous.runs.wait(None, "router", input={"messages": HELLO})

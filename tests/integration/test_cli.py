@@ -132,3 +132,19 @@ def test_serve_refuses_an_open_network_bind_without_api_keys(tmp_path: Path):
     assert "--allow-open-access" in refused.stderr
     named = run_cli(tmp_path, "serve", "--host", "router.internal", "--port", "1")
     assert named.returncode == 2  # a host name may resolve to anything: refused too
+
+
+def test_budget_sets_and_shows_a_budget_in_the_ledger_without_a_key(tmp_path: Path):
+    done = run_cli(tmp_path, "budget", "user", "alice", "--daily-usd", "0.001")
+    assert done.returncode == 0, done.stderr
+    assert "user alice daily: $0.00 spent of $0.001, $0.001 left" in done.stdout
+    done = run_cli(tmp_path, "budget", "user", "alice", "--monthly-usd", "100")
+    assert done.returncode == 0, done.stderr
+    shown = run_cli(tmp_path, "budget", "user", "alice").stdout
+    assert "daily: $0.00 spent of $0.001" in shown  # kept
+    assert "monthly: $0.00 spent of $100.00" in shown
+    run_cli(tmp_path, "budget", "user", "alice", "--daily-usd", "none", "--monthly-usd", "none")
+    assert "has no budget of its own" in run_cli(tmp_path, "budget", "user", "alice").stdout
+    bad = run_cli(tmp_path, "budget", "user", "alice", "--daily-usd", "-1")
+    assert bad.returncode == 2
+    assert "a limit is a number of USD >= 0, or 'none'" in bad.stderr

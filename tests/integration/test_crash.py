@@ -262,9 +262,14 @@ async def test_a_write_whose_connection_was_dropped_runs_again_on_a_new_one(
 async def test_a_read_on_a_dropped_connection_is_a_typed_503_then_serving_goes_on(
     harness: Harness, start_gateway: StartGateway, postgres: dict[str, Any]
 ):
-    gateway = await start_gateway(await harness.services(**postgres))
+    admin = "sk-router-root-3e3e3e3e3e3e3e3e"  # GET /budget needs a key
+    services = await harness.services(
+        **postgres, router_api_keys=f"{admin}:root", router_admin_users="root"
+    )
+    gateway = await start_gateway(services)
     base = gateway.url.removesuffix("/v1")
-    async with httpx.AsyncClient(base_url=base) as http:
+    headers = {"Authorization": f"Bearer {admin}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers) as http:
         assert (await http.get("/budget")).status_code == 200
         assert terminate_connections() > 0
         lost = await http.get("/budget")

@@ -35,8 +35,10 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from emulator.server import _EmbeddedServer
+from gateway.auth import CALLER_SCOPE_KEY
 from gateway.dashboard import STATIC_DIR, create_dashboard
 from graphs.router import graph
+from state.api_keys import ApiKeyIdentity
 from state.context import Context, Services
 from tests.conftest import Harness
 
@@ -53,6 +55,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+ADMIN = "sk-router-root-0d15ea5e0d15ea5e:root"
 HELLO = [{"role": "user", "content": "Hello! Say something short."}]
 ANALYSIS = [
     {
@@ -71,7 +74,11 @@ PAGE_REQUESTS = {
 
 
 class RecordPaths:
-    """ASGI middleware that records every HTTP path asked of the server."""
+    """ASGI middleware that records every HTTP path asked of the server.
+
+    Every request comes from the admin, as if the key middleware had found an admin
+    key (the browser cannot send one; tests/integration/test_tenancy.py checks keys).
+    """
 
     def __init__(self, app: ASGIApp, paths: list[str]) -> None:
         self.app = app
@@ -80,6 +87,7 @@ class RecordPaths:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             self.paths.append(scope["path"])
+        scope[CALLER_SCOPE_KEY] = ApiKeyIdentity("root")
         await self.app(scope, receive, send)
 
 
@@ -119,7 +127,7 @@ async def send_traffic(services: Services) -> None:
 
 @pytest.fixture
 async def served(both_up: Harness) -> AsyncIterator[Served]:
-    services = await both_up.services()
+    services = await both_up.services(router_api_keys=ADMIN, router_admin_users="root")
     await send_traffic(services)
 
     async def provider() -> Services:

@@ -39,6 +39,22 @@ MEDIUM = [
 ]
 PERFORMANCE = {"cost_priority": "performance"}
 
+# The reports and the admin routes need keys: an admin (root) and a key per user.
+ADMIN_KEY = "sk-router-root-5c0ffee0d15ea5e5"
+USER_KEYS = {
+    name: f"sk-router-{name}-{index:016d}" for index, name in enumerate(("alice", "bob", "carol"))
+}
+OPERATOR = {
+    "router_api_keys": ",".join(
+        [f"{ADMIN_KEY}:root", *(f"{key}:{user}" for user, key in USER_KEYS.items())]
+    ),
+    "router_admin_users": "root",
+}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
 
 @dataclass
 class Served:
@@ -50,7 +66,7 @@ class Served:
     http: httpx.AsyncClient
     clients: list[openai.AsyncOpenAI] = field(default_factory=list)
 
-    def openai(self, api_key: str = "x") -> openai.AsyncOpenAI:
+    def openai(self, api_key: str = ADMIN_KEY) -> openai.AsyncOpenAI:
         client = openai.AsyncOpenAI(base_url=f"{self.base}/v1", api_key=api_key, max_retries=0)
         self.clients.append(client)
         return client
@@ -59,9 +75,11 @@ class Served:
         return await self.services.ledger.rows()
 
     async def chat(self, **kwargs: Any) -> Any:
+        """Chat as ``user`` (with that user's key when the gateway has keys; else as admin)."""
         kwargs.setdefault("messages", HELLO)
         kwargs.setdefault("model", "auto")
-        return await self.openai().chat.completions.create(**kwargs)
+        key = USER_KEYS.get(kwargs.get("user") or "", ADMIN_KEY)
+        return await self.openai(key).chat.completions.create(**kwargs)
 
 
 Serve = Callable[..., Awaitable[Served]]
@@ -69,10 +87,15 @@ Serve = Callable[..., Awaitable[Served]]
 
 @pytest.fixture
 async def serve(harness: Harness) -> AsyncIterator[Serve]:
-    """``await serve(services)``: serve a gateway app on ``services``; stopped after the test."""
+    """``await serve(services)``: serve a gateway app on ``services``; stopped after the test.
+
+    ``served.http`` sends ``key`` (the admin's by default; None: no key).
+    """
     running: list[tuple[uvicorn.Server, asyncio.Task[None], socket.socket, Served]] = []
 
-    async def start(services: Services, app: Starlette | None = None) -> Served:
+    async def start(
+        services: Services, app: Starlette | None = None, key: str | None = ADMIN_KEY
+    ) -> Served:
         async def provider() -> Services:
             return services
 
@@ -86,7 +109,9 @@ async def serve(harness: Harness) -> AsyncIterator[Serve]:
             assert not task.done(), task.result()
             await asyncio.sleep(0.002)
         base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        served = Served(base, services, app, httpx.AsyncClient(base_url=base, timeout=30))
+        # a gateway without keys ignores the header
+        http = httpx.AsyncClient(base_url=base, timeout=30, headers=bearer(key) if key else None)
+        served = Served(base, services, app, http)
         running.append((server, task, sock, served))
         return served
 
@@ -104,7 +129,7 @@ async def serve(harness: Harness) -> AsyncIterator[Serve]:
 
 @pytest.fixture
 async def served(both_up: Harness, serve: Serve) -> Served:
-    return await serve(await both_up.services())
+    return await serve(await both_up.services(**OPERATOR))
 
 
 # --- /health ------------------------------------------------------------------------------
@@ -136,7 +161,7 @@ async def test_health_shows_each_backend_and_endpoint(served: Served):
 
 
 async def test_health_is_503_when_both_backends_are_down(both_up: Harness, serve: Serve):
-    served = await serve(await both_up.services(gpu_health_interval_s=0.05))
+    served = await serve(await both_up.services(**OPERATOR, gpu_health_interval_s=0.05))
     assert (await served.http.get("/health")).status_code == 200
 
     await both_up.stop("serverless")
@@ -160,7 +185,7 @@ async def test_health_is_503_when_both_backends_are_down(both_up: Harness, serve
 
 async def test_health_without_gpu_pool_says_disabled(harness: Harness, serve: Serve):
     await harness.start("serverless", api_key=TEST_KEY)
-    served = await serve(await harness.services())
+    served = await serve(await harness.services(**OPERATOR))
     body = (await served.http.get("/health")).json()
     assert body["status"] == "ok"
     assert body["backends"]["gpu"] == {
@@ -177,7 +202,9 @@ async def test_health_says_why_each_endpoint_takes_traffic_or_not(harness: Harne
         serve_emulator(EmulatorConfig(name="gpu-small", models=one_model))
     )
     with_secret = failing.replace("http://", "http://operator:hunter2@")
-    services = await harness.services(gpu_endpoints=[with_secret, small], gpu_cooldown_s=0.3)
+    services = await harness.services(
+        **OPERATOR, gpu_endpoints=[with_secret, small], gpu_cooldown_s=0.3
+    )
     served = await serve(services)
     body = (await served.http.get("/health")).json()
     first, second = body["backends"]["gpu"]["endpoints"]
@@ -253,10 +280,10 @@ async def test_stats_equal_the_ledger(served: Served):
 async def test_stats_count_fallbacks_and_failures(harness: Harness, serve: Serve):
     await harness.start("serverless", api_key=TEST_KEY)
     await harness.start("gpu", fail_rate=1.0, fail_status=503)
-    served = await serve(await harness.services())
+    served = await serve(await harness.services(**OPERATOR))
     await served.chat(extra_body={"cost_priority": "low_cost"})  # GPU fails: falls back
     # the same ledger, with serverless ruled out: every request fails
-    no_serverless = await serve(await harness.services(serverless_ratio=0.0))
+    no_serverless = await serve(await harness.services(**OPERATOR, serverless_ratio=0.0))
     for _ in range(2):
         with pytest.raises(openai.APIStatusError):
             await no_serverless.chat()
@@ -296,7 +323,7 @@ async def test_usage_report_equals_the_ledger(served: Served):
     assert {k: v["requests"] for k, v in by_user["groups"].items()} == {
         "alice": 2,
         "bob": 1,
-        "(none)": 1,
+        "root": 1,  # the stream, sent with the admin's key
     }
     by_day = (await served.http.get("/usage")).json()
     assert by_day["group_by"] == "day"
@@ -352,7 +379,7 @@ async def test_put_budget_sets_a_user_budget_that_the_router_enforces(
     both_up: Harness, serve: Serve
 ):
     # serverless may take every request, and a tier-3 model only it serves goes first
-    served = await serve(await both_up.services(serverless_ratio=1.0))
+    served = await serve(await both_up.services(**OPERATOR, serverless_ratio=1.0))
     first = await served.chat(user="alice", messages=MEDIUM, extra_body=PERFORMANCE)
     assert first.routing["backend"] == "serverless"
 
@@ -381,7 +408,9 @@ async def test_put_budget_sets_a_user_budget_that_the_router_enforces(
     assert other.routing["backend"] == "serverless"
 
     # with the reject policy the same budget refuses
-    strict = await serve(await both_up.services(serverless_ratio=1.0, over_budget_policy="reject"))
+    strict = await serve(
+        await both_up.services(**OPERATOR, serverless_ratio=1.0, over_budget_policy="reject")
+    )
     assert (await strict.http.put("/budget/user/carol", json={"daily_usd": 0.0})).status_code == 200
     with pytest.raises(openai.APIStatusError) as caught:
         await strict.chat(user="carol", messages=MEDIUM, extra_body=PERFORMANCE)
@@ -502,7 +531,9 @@ async def test_metrics_move_by_exactly_the_requests_made(served: Served):
 async def test_metrics_show_every_budget_and_failures(harness: Harness, serve: Serve):
     await harness.start("serverless", api_key=TEST_KEY)
     await harness.start("gpu", fail_rate=1.0, fail_status=503)
-    served = await serve(await harness.services(team_budgets={"search": {"daily": 2.0}}))
+    served = await serve(
+        await harness.services(**OPERATOR, team_budgets={"search": {"daily": 2.0}})
+    )
     assert (
         await served.http.put("/budget/user/alice", json={"daily_usd": 1.0, "monthly_usd": 4})
     ).status_code == 200
@@ -532,7 +563,7 @@ async def test_metrics_show_every_budget_and_failures(harness: Harness, serve: S
 
 
 async def test_each_app_has_its_own_registry(both_up: Harness, serve: Serve):
-    services = await both_up.services()
+    services = await both_up.services(**OPERATOR)
     one, two = await serve(services), await serve(services)
     await one.chat(extra_body={"force_backend": "gpu"})
     assert total(await scrape(one), "router_requests_total") == 1
@@ -563,7 +594,7 @@ async def test_metrics_per_gpu_endpoint_after_an_endpoint_fails(harness: Harness
     good = await harness.start("gpu")
     failing = await harness.start("gpu_failing", fail_rate=1.0, fail_status=503)
     with_secret = failing.replace("http://", "http://operator:hunter2@")
-    served = await serve(await harness.services(gpu_endpoints=[with_secret, good]))
+    served = await serve(await harness.services(**OPERATOR, gpu_endpoints=[with_secret, good]))
     gpu = {"force_backend": "gpu"}
     for _ in range(3):  # the first tries the failing endpoint once, then goes to the good one
         await served.chat(extra_body=gpu)

@@ -17,6 +17,9 @@ from tests.conftest import free_port, running_server, server_env
 
 BIN = Path(sys.executable).parent / "hybrid-router"
 HELLO = {"messages": [{"role": "user", "content": "Hello!"}]}
+# /metrics needs an admin key; every client here sends it
+ADMIN_KEY = "sk-router-root-77aa88bb99cc00dd"
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,12 @@ def served(
     port = free_port()
     command = [str(BIN), "serve", "--port", str(port), "--workers", "2"]
     log_path = tmp / "serve.log"
-    env = server_env(tmp / "ledger.db", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    env = server_env(
+        tmp / "ledger.db",
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+        ROUTER_API_KEYS=f"{ADMIN_KEY}:root",
+        ROUTER_ADMIN_USERS="root",
+    )
     with running_server(command, env, port, log_path, cwd=tmp) as url:
         yield url, log_path.read_text()
 
@@ -49,10 +57,10 @@ def test_serve_says_it_is_emulated_and_prints_every_url(served):
 
 async def test_gateway_and_graph_api_answer_from_one_server(served):
     url, _ = served
-    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client:
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=ADMIN_KEY, max_retries=0) as client:
         completion = await client.chat.completions.create(model="auto", **HELLO)
         assert "emulator" in completion.choices[0].message.content
-    graph_api = get_client(url=url)
+    graph_api = get_client(url=url, headers=AUTH)
     result = await graph_api.runs.wait(None, "router", input=HELLO)
     assert "emulator" in result["response"]["content"]
     assert result["routing"]["complexity"]["level"] == "low"
@@ -71,7 +79,7 @@ async def test_gateway_and_graph_api_answer_from_one_server(served):
 
 async def test_graph_api_streams_and_reports_errors(served):
     url, _ = served
-    graph_api = get_client(url=url)
+    graph_api = get_client(url=url, headers=AUTH)
     events = [
         part
         async for part in graph_api.runs.stream(
@@ -87,7 +95,7 @@ async def test_graph_api_streams_and_reports_errors(served):
     assert tokens == final["response"]["content"]
     with pytest.raises(Exception, match="non-empty list"):
         await graph_api.runs.wait(None, "router", input={"messages": []})
-    async with httpx.AsyncClient(base_url=url) as http:
+    async with httpx.AsyncClient(base_url=url, headers=AUTH) as http:
         missing = await http.post("/runs/wait", json={"assistant_id": "nope", "input": {}})
         assert missing.status_code == 404
         assert "router" in missing.json()["detail"]
@@ -109,7 +117,7 @@ def counted(text: str, name: str, **labels: str) -> float:
 async def scrape(url: str) -> str:
     # a new connection each time, so the scrapes reach both workers
     async with httpx.AsyncClient(
-        base_url=url, limits=httpx.Limits(max_keepalive_connections=0)
+        base_url=url, headers=AUTH, limits=httpx.Limits(max_keepalive_connections=0)
     ) as h:
         response = await h.get("/metrics")
     assert response.status_code == 200
@@ -124,7 +132,9 @@ async def test_every_worker_answers_the_whole_servers_counts(served, metrics_dir
     n = 12
 
     async def one() -> None:
-        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client:
+        async with openai.AsyncOpenAI(
+            base_url=f"{url}/v1", api_key=ADMIN_KEY, max_retries=0
+        ) as client:
             await client.chat.completions.create(
                 model="auto", **HELLO, extra_body={"force_backend": "gpu"}
             )
