@@ -410,6 +410,7 @@ async def send_load(
     *,
     outcomes: list[Outcome] | None = None,
     timeout_s: float = 60.0,
+    headers: dict[str, str] | None = None,
 ) -> list[Outcome]:
     """POST each of ``bodies`` to ``url``'s chat completions, ``concurrency`` at a time.
 
@@ -419,7 +420,9 @@ async def send_load(
     outcomes = [] if outcomes is None else outcomes
     source = iter(bodies)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s) as http:
+    async with httpx.AsyncClient(
+        base_url=url, limits=limits, timeout=timeout_s, headers=headers
+    ) as http:
 
         async def worker() -> None:
             for body in source:

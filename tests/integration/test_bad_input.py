@@ -31,6 +31,8 @@ from tests.conftest import free_port, server_env, server_process
 
 BIN = Path(sys.executable).parent / "hybrid-router"
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
+ADMIN_KEY = "sk-router-root-5e5e5e5e5e5e5e5e"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 GOOD_MESSAGES = [{"role": "user", "content": "Hello!"}]
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 # BAD_INPUT_EXAMPLES=2000 BAD_INPUT_SEED=random hunts longer and wider than the suite does
@@ -48,11 +50,17 @@ SETTINGS = settings(
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     tmp = tmp_path_factory.mktemp("bad-input")
     port = free_port()
-    env = server_env(tmp / "ledger.db", MAX_REQUEST_BYTES=str(MAX_REQUEST_BYTES))
+    # as an admin: the reports' and budgets' own checks answer, not the key check
+    env = server_env(
+        tmp / "ledger.db",
+        MAX_REQUEST_BYTES=str(MAX_REQUEST_BYTES),
+        ROUTER_API_KEYS=f"{ADMIN_KEY}:root",
+        ROUTER_ADMIN_USERS="root",
+    )
     command = [str(BIN), "serve", "--port", str(port), "--workers", "1"]
     with (
         server_process(command, env, port, tmp / "server.log", cwd=tmp) as server,
-        httpx.Client(base_url=server.url, timeout=60) as http,
+        httpx.Client(base_url=server.url, timeout=60, headers=ADMIN) as http,
     ):
         yield http
         assert http.get("/ok").status_code == 200  # still serving after all of it

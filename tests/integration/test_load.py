@@ -53,6 +53,8 @@ from tests.conftest import (
 
 BIN = Path(sys.executable).parent / "hybrid-router"
 REQUESTS = int(os.environ.get("LOAD_REQUESTS", "1000"))
+ADMIN_KEY = "sk-router-root-4d4d4d4d4d4d4d4d"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 SECONDS = float(os.environ.get("LOAD_SECONDS", "0"))  # > 0: a soak, by duration
 CONCURRENCY = int(os.environ.get("LOAD_CONCURRENCY", "64"))
 FAIL_RATE = 0.05
@@ -132,7 +134,7 @@ def worker_processes(root_pid: int) -> list[psutil.Process]:
 
 async def injected_gpu_failures(url: str) -> float:
     """Return the GPU calls that failed, summed over both workers (the gateway's /metrics)."""
-    async with httpx.AsyncClient(base_url=url) as http:
+    async with httpx.AsyncClient(base_url=url, headers=ADMIN) as http:
         text = (await http.get("/metrics")).text
     return sum(
         sample.value
@@ -185,6 +187,8 @@ async def test_load_on_two_workers_loses_no_row_passes_no_budget_and_fails_only_
             LAMBDA_DAILY_BUDGET=str(DAILY_BUDGET),
             GPU_COOLDOWN_S="1",
             RESPONSE_CACHE_TTL_S="0",
+            ROUTER_API_KEYS=f"{ADMIN_KEY}:root",  # /metrics needs an admin key
+            ROUTER_ADMIN_USERS="root",
         )
         command = [str(BIN), "serve", "--port", str(port), "--workers", "2"]
         with server_process(command, env, port, tmp_path / "gateway.log") as server:
@@ -204,7 +208,9 @@ async def test_load_on_two_workers_loses_no_row_passes_no_budget_and_fails_only_
                     memory.half = 1
 
                 await asyncio.gather(
-                    send_load(server.url, bodies(deadline), CONCURRENCY, outcomes=outcomes),
+                    send_load(
+                        server.url, bodies(deadline), CONCURRENCY, outcomes=outcomes, headers=ADMIN
+                    ),
                     halfway(),
                 )
             elapsed = time.perf_counter() - started

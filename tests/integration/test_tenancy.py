@@ -214,9 +214,9 @@ async def test_without_keys_chat_is_open_and_reports_and_admin_routes_are_closed
         assert "ROUTER_API_KEYS=<key>:<user>" in message
         assert "ROUTER_ADMIN_USERS" in message
         assert "hybrid-router budget" in message
-    assert await served.services.budgets.status(
-        user="alice"
-    ) == await served.services.budgets.status()  # no budget of alice's was set
+    assert (
+        await served.services.budgets.status(user="alice") == await served.services.budgets.status()
+    )  # no budget of alice's was set
     (row,) = await served.rows()  # the chat, recorded
     assert row.status == "ok"
 
