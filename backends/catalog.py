@@ -1,4 +1,4 @@
-"""The model catalog: models, prices and context windows, from ``models.toml``.
+"""The model catalog: models, prices, context windows and provider presets, from ``models.toml``.
 
 Loaded and validated once per process; the single source of truth for prices.
 """
@@ -10,15 +10,25 @@ import tomllib
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field, model_validator
+
+from backends.providers import ProviderPreset
 
 Backend = Literal["serverless", "gpu"]
 # What a request may need of a model: tool calling, JSON mode, JSON-schema
 # structured output, image input, token log-probabilities.
 Capability = Literal["tools", "json_mode", "json_schema", "vision", "logprobs"]
 CAPABILITIES: tuple[Capability, ...] = ("tools", "json_mode", "json_schema", "vision", "logprobs")
+
+
+class Priced(Protocol):
+    """Anything with a per-token price: a catalog model, or a provider's offer of one."""
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """Return the price of a request with these token counts."""
+        ...
 
 
 class ModelSpec(BaseModel, frozen=True):
@@ -33,6 +43,8 @@ class ModelSpec(BaseModel, frozen=True):
     gpu: bool
     gpu_model_id: str | None = None
     capabilities: frozenset[Capability] = frozenset()
+    price_confirmed: bool = True
+    price_note: str | None = None
 
     def supports(self, needs: Iterable[str]) -> bool:
         """Say whether the model offers every capability in ``needs``."""
@@ -62,6 +74,7 @@ class Catalog(BaseModel, frozen=True):
     prices_source: str
     default_serverless_model: str
     models: tuple[ModelSpec, ...]
+    providers: dict[str, ProviderPreset] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> Catalog:
@@ -74,6 +87,12 @@ class Catalog(BaseModel, frozen=True):
             raise ValueError(
                 f"default_serverless_model {self.default_serverless_model!r} is not in the catalog"
             )
+        for name, preset in self.providers.items():
+            unknown = sorted(set(preset.models) - set(ids))
+            if unknown:
+                raise ValueError(
+                    f"provider preset {name!r} lists models not in the catalog: {unknown}"
+                )
         return self
 
     @functools.cached_property

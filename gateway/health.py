@@ -8,7 +8,8 @@ its served models and their ``max_model_len``, its load, and its counters.
 
 200 when at least one backend is up, else 503. Open without an API key;
 endpoint URLs (credentials and query stripped) are shown only to callers with
-a valid key, or to everyone when authentication is off. The serverless API is
+a valid key, or to everyone when authentication is off. Each serverless
+provider is listed (name, host, models, up/down/disabled, never its key) and
 asked for its ``/models`` (the key is sent there and nowhere else); the GPU
 pool is probed again when its figures are older than its probe interval.
 """
@@ -31,13 +32,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from backends.gpu_pool import GpuEndpoint, GpuPool
+from backends.providers import ServerlessProvider
 from gateway.auth import caller
 from state.context import Services
 
 logger = logging.getLogger(__name__)
 
 SERVERLESS_TIMEOUT_S = 2.0
-"""Timeout of the health check's ``GET {LAMBDA_API_BASE}/models``."""
+"""Timeout of the health check's ``GET {base_url}/models`` of each serverless provider."""
 PROBE_TIMEOUT_S = 2.5
 """How long ``/health`` waits for a fresh probe of the GPU pool."""
 
@@ -80,7 +82,8 @@ class HealthCheck:
           '200':
             description: >-
               at least one backend is up. {status: ok|degraded, checked_at, backends:
-              {serverless: {status: up|down|disabled, latency_ms, models, error},
+              {serverless: {status: up|down|disabled, providers: [{name, host, url, models,
+              ends_on, status: up|down|disabled, latency_ms, error}]},
               gpu: {status, endpoints_up, latency_ms, load, capacity, endpoints: [{endpoint,
               url, status: up|down|cooling|half_open|unknown, taking_traffic, reason,
               models, max_model_len, latency_ms, running, waiting, in_flight, load,
@@ -116,22 +119,53 @@ class HealthCheck:
         return _json(body, 200 if up else 503)
 
     async def _serverless_health(self, services: Services, show_urls: bool) -> dict[str, Any]:
+        """Check every serverless provider at once; up when at least one is up."""
         settings = services.settings
-        if services.serverless is None or settings.disable_lambda_labs:
-            reason = (
-                "DISABLE_LAMBDA_LABS is set"
-                if settings.disable_lambda_labs
-                else "no LAMBDA_API_KEY is configured"
+        providers = services.providers
+        if settings.disable_lambda_labs:
+            return {"status": "disabled", "reason": "DISABLE_LAMBDA_LABS is set", "providers": []}
+        if not providers and not providers.disabled:
+            return {
+                "status": "disabled",
+                "reason": "no serverless provider is configured (SERVERLESS_PROVIDERS or "
+                "LAMBDA_API_KEY)",
+                "providers": [],
+            }
+        entries = list(
+            await asyncio.gather(*(self._provider_health(p, show_urls) for p in providers))
+        )
+        for spec in providers.disabled:
+            entries.append(
+                {
+                    "name": spec.name,
+                    "host": urlsplit(spec.base_url).hostname,
+                    "models": sorted(spec.offers),
+                    "status": "disabled",
+                }
             )
-            return {"status": "disabled", "reason": reason}
-        base = settings.lambda_api_base
-        entry: dict[str, Any] = {"url": public_url(base)} if show_urls else {}
-        key = settings.lambda_api_key
+        up = [e for e in entries if e["status"] == "up"]
+        status = "up" if up else "disabled" if not providers else "down"
+        return {"status": status, "providers": entries}
+
+    async def _provider_health(
+        self, provider: ServerlessProvider, show_urls: bool
+    ) -> dict[str, Any]:
+        """Ask one provider for its ``/models`` (the key is sent there and nowhere else)."""
+        spec = provider.spec
+        entry: dict[str, Any] = {"name": spec.name, "host": urlsplit(spec.base_url).hostname}
+        if show_urls:
+            entry["url"] = public_url(spec.base_url)
+        entry["models"] = sorted(spec.offers)
+        if spec.ends_on is not None:
+            entry["ends_on"] = spec.ends_on
+        key = spec.api_key
         headers = {"authorization": f"Bearer {key.get_secret_value()}"} if key else {}
         started = time.perf_counter()
         try:
-            response = await services.http.get(
-                f"{base}/models", headers=headers, timeout=httpx.Timeout(SERVERLESS_TIMEOUT_S)
+            response = await provider.client.http.get(
+                f"{spec.base_url}/models",
+                headers=headers,
+                timeout=httpx.Timeout(SERVERLESS_TIMEOUT_S),
             )
         except httpx.HTTPError as exc:
             latency = (time.perf_counter() - started) * 1000
@@ -141,19 +175,14 @@ class HealthCheck:
                 "latency_ms": round(latency, 3),
                 "error": f"GET /models failed: {type(exc).__name__}",
             }
-        latency = (time.perf_counter() - started) * 1000
-        entry.update(latency_ms=round(latency, 3))
+        entry["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
         if response.status_code != 200:
             return {
                 **entry,
                 "status": "down",
                 "error": f"GET /models answered HTTP {response.status_code}",
             }
-        try:
-            models: int | None = len(orjson.loads(response.content).get("data") or [])
-        except (orjson.JSONDecodeError, AttributeError, TypeError):
-            models = None
-        return {**entry, "status": "up", "models": models, "error": None}
+        return {**entry, "status": "up", "error": None}
 
     async def _fresh_probe(self, pool: GpuPool) -> float:
         """Probe the pool when its data is older than the probe interval.

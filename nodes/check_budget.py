@@ -18,6 +18,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from backends.catalog import ModelSpec
+from backends.providers import ProviderOffer
 from nodes.select_model import fits
 from state.budgets import Refused
 from state.context import Context, Services, resolve_services
@@ -37,10 +38,28 @@ def spend_request(state: RouterState) -> SpendRequest:
     )
 
 
-def cheaper_models(state: RouterState, services: Services, model: ModelSpec) -> list[ModelSpec]:
-    """Return the serverless models cheaper than ``model`` that can serve this request."""
+def request_tokens(state: RouterState) -> int:
+    """Return what the request needs of a model's context: its prompt plus its output cap."""
+    return state["prompt_tokens_estimate"] + state["output_tokens_cap"]
+
+
+def first_provider(
+    state: RouterState, services: Services, model: ModelSpec
+) -> tuple[ProviderOffer | None, str | None]:
+    """Return the price and name of the provider that takes ``model`` first (None, None: none)."""
+    first = services.providers.first(model.id, request_tokens(state))
+    return (first[1], first[0].name) if first is not None else (None, None)
+
+
+def cheaper_models(
+    state: RouterState, services: Services, model: ModelSpec
+) -> list[tuple[ModelSpec, ProviderOffer | None, str | None]]:
+    """Return the serverless models cheaper than ``model`` that a provider can serve this request.
+
+    Each comes with the price and name of the provider that would take it first.
+    """
     needs = state.get("requires") or {}
-    cheaper: list[ModelSpec] = []
+    cheaper: list[tuple[ModelSpec, ProviderOffer | None, str | None]] = []
     for candidate in services.catalog.by_price:
         if candidate.id == model.id:
             break
@@ -49,7 +68,9 @@ def cheaper_models(state: RouterState, services: Services, model: ModelSpec) -> 
             and candidate.supports(needs)
             and fits(candidate, state["prompt_tokens_estimate"], state["output_tokens_cap"])
         ):
-            cheaper.append(candidate)
+            price, provider = first_provider(state, services, candidate)
+            if provider is not None:
+                cheaper.append((candidate, price, provider))
     return cheaper
 
 
@@ -107,7 +128,11 @@ async def check_budget(state: RouterState, runtime: Runtime[Context]) -> NextSte
     model = catalog.by_id[serverless_id] if serverless_id else None
     if state["backend"] != "serverless" or model is None:
         estimate = (
-            services.reservations.worst_case_usd(model, spend_request(state)) if model else 0.0
+            services.reservations.worst_case_usd(
+                model, spend_request(state), first_provider(state, services, model)[0]
+            )
+            if model
+            else 0.0
         )
         deferred: BudgetCheck = {
             "estimate_usd": estimate,
@@ -117,7 +142,9 @@ async def check_budget(state: RouterState, runtime: Runtime[Context]) -> NextSte
         return _update(state, deferred, reservation=None)
 
     spend = spend_request(state)
-    held = await services.reservations.hold(model, spend)
+    # held at the price of the provider tried first; a later provider re-prices it
+    price, provider = first_provider(state, services, model)
+    held = await services.reservations.hold(model, spend, price, provider)
     if not isinstance(held, Refused):
         ok: BudgetCheck = {
             "estimate_usd": held["amount_usd"],

@@ -30,12 +30,13 @@ def allowed_backends(state: RouterState, services: Services) -> tuple[list[Backe
     candidates = state["candidates"]
     allowed: list[Backend] = []
     why_not: list[str] = []
+    tokens = state["prompt_tokens_estimate"] + state["output_tokens_cap"]
     if "serverless" not in candidates:
         why_not.append("no serverless model fits")
-    elif services.serverless is None:
-        why_not.append("no LAMBDA_API_KEY is set")
     elif settings.disable_lambda_labs:
         why_not.append("serverless is disabled (DISABLE_LAMBDA_LABS)")
+    elif not services.providers.serving(candidates["serverless"], tokens):
+        why_not.append(services.providers.why_none(candidates["serverless"], tokens))
     elif settings.serverless_ratio <= 0:
         why_not.append("SERVERLESS_RATIO is 0")
     else:
@@ -64,7 +65,7 @@ def decide_backend(
     if not allowed:
         raise NoBackendAvailableError(
             f"no backend may serve this request ({'; '.join(why_not)}); "
-            "set LAMBDA_API_KEY or GPU_ENDPOINTS"
+            "configure SERVERLESS_PROVIDERS or GPU_ENDPOINTS"
         )
     if len(allowed) == 1:
         only = allowed[0]

@@ -1,4 +1,8 @@
-"""Generate the answer on an endpoint of the GPU pool; on failure, fall back to serverless.
+"""Generate the answer on a GPU endpoint; on failure, another endpoint, then serverless.
+
+An endpoint that fails (timeout, connection error, 401, 403, 408, 425, 429,
+5xx) hands the request to another healthy endpoint that serves the model,
+along this node's edge to itself, before the fallback edge to serverless.
 
 The request's slot was admitted when ``choose_backend`` chose the pool (it has
 counted in flight since); otherwise this node takes one on the least-loaded
@@ -21,6 +25,7 @@ from langgraph.types import Command
 
 from backends.errors import BackendError
 from backends.gpu_pool import GpuPool
+from nodes.check_budget import request_tokens
 from nodes.generation import (
     call_backend,
     fail_over,
@@ -33,9 +38,13 @@ from state.context import Context, resolve_services
 from state.schemas import RouterState
 
 
-def request_tokens(state: RouterState) -> int:
-    """Return what the request needs of a model's context: its prompt plus its output cap."""
-    return state["prompt_tokens_estimate"] + state["output_tokens_cap"]
+def tried_endpoints(state: RouterState) -> set[str]:
+    """Return the URLs of the GPU endpoints this request already failed on."""
+    return {
+        url
+        for a in state.get("attempts") or []
+        if a["backend"] == "gpu" and a["status"] == "failed" and (url := a.get("endpoint"))
+    }
 
 
 def no_endpoint(state: RouterState, pool: GpuPool, model: str, served: str) -> BackendError:
@@ -69,15 +78,16 @@ def no_endpoint(state: RouterState, pool: GpuPool, model: str, served: str) -> B
 
 async def generate_gpu(
     state: RouterState, runtime: Runtime[Context]
-) -> Command[Literal["generate_serverless", "track_usage"]]:
-    """Send the request to a GPU endpoint; on failure, fall back to serverless."""
+) -> Command[Literal["generate_gpu", "generate_serverless", "track_usage"]]:
+    """Send the request to a GPU endpoint; on failure, another endpoint, then serverless."""
     services = await resolve_services(runtime.context)
     model = services.catalog.by_id[state["candidates"]["gpu"]]
     served = model.served_name("gpu")
     pool = services.gpu_pool
     await pool.ensure_probed()
     tokens = request_tokens(state)
-    ticket = pool.checkout(state.get("request_id") or "", served, tokens)
+    tried = tried_endpoints(state)
+    ticket = pool.checkout(state.get("request_id") or "", served, tokens, avoid=tried)
     slot = ticket.slot
     try:
         if slot is None:
@@ -89,6 +99,11 @@ async def generate_gpu(
     except BackendError as error:
         url = slot.endpoint.url if slot is not None else None
         attempt = failed_attempt("gpu", model.id, error, url)
+        if not error.client_error and url is not None:
+            if pool.another(served, tokens, tried | ticket.tried | {url}) is not None:
+                # a timeout, a 401 or a blip on this endpoint: another healthy one takes it
+                # before serverless does (this edge before the fallback edge)
+                return Command(goto="generate_gpu", update={"attempts": ticket.record(attempt)})
         if await retry_here(error, runtime):
             pool.carry_over(ticket, attempt)  # the next run reports it
             raise

@@ -1,11 +1,14 @@
 """What the two generate nodes share: the request body, the call, the attempt, the fallback.
 
-One retry layer: the node's :data:`GENERATE_RETRY` policy tries a transient
-failure (connection error, 408, 429, 5xx) once more; when that try fails too,
-or the failure is a timeout, the node returns a ``Command`` that follows the
-fallback edge to the other backend. A client error (another 4xx) goes to
-``track_usage`` at once, which passes it back to the caller: another backend
-would refuse the same request.
+Fallback order: the next serverless provider (by priority, among those that
+serve the model), or the next GPU endpoint, along the node's edge to itself;
+then the other backend. One retry layer: when no other provider or endpoint
+may take the request, the node's :data:`GENERATE_RETRY` policy tries a
+transient failure (connection error, 408, 429, 5xx) once more on the same one;
+when that try fails too, or the failure is a timeout, the node returns a
+``Command`` that follows the fallback edge to the other backend. A client
+error (another 4xx) goes to ``track_usage`` at once, which passes it back to
+the caller: another backend would refuse the same request.
 
 Token deltas reach two kinds of listener: the gateway, on the graph's
 ``custom`` stream (when the input asks ``stream``), and LangGraph's
@@ -349,7 +352,11 @@ def cached_answer(state: RouterState, entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def failed_attempt(
-    backend: Backend, model: str, error: BackendError, endpoint: str | None = None
+    backend: Backend,
+    model: str,
+    error: BackendError,
+    endpoint: str | None = None,
+    provider: str | None = None,
 ) -> Attempt:
     """Describe a failed call for the state, without secrets or prompt text."""
     attempt: Attempt = {
@@ -362,6 +369,8 @@ def failed_attempt(
     }
     if endpoint is not None:
         attempt["endpoint"] = endpoint
+    if provider is not None:
+        attempt["provider"] = provider
     if error.client_error and error.body:
         attempt["client_error"] = error.body
     return attempt

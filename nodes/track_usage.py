@@ -1,7 +1,8 @@
 """Price the request, settle its reservation with its ledger row, and raise alerts.
 
-Serverless requests cost their tokens at the catalog's prices. GPU requests
-record their share of the pool's instance cost by GPU-seconds: the time the
+Serverless requests cost their tokens at the price of the provider that served
+them. GPU requests record their share of the pool's instance cost by
+GPU-seconds: the time the
 request held an endpoint, at ``GPU_HOURLY_COST_USD``, divided by the
 ``GPU_CONCURRENCY_PER_ENDPOINT`` requests an instance serves at once. Idle
 instance time is nobody's request; reports show it as the pool's idle cost.
@@ -18,11 +19,18 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from backends.catalog import Priced
 from nodes.generation import CANCELLED, cache_entry
 from state.context import Context, Services, resolve_services
 from state.errors import AllBackendsFailedError, BackendRejectedError
 from state.ledger import UsageRecord
 from state.schemas import RUN_OPTIONS, Attempt, RouterState, Routing, Usage
+
+
+def attempt_label(attempt: Attempt) -> str:
+    """Name where an attempt went: the backend, with the serverless provider when there is one."""
+    provider = attempt.get("provider")
+    return f"{attempt['backend']} ({provider})" if provider else attempt["backend"]
 
 
 def routing_reason(state: RouterState) -> str:
@@ -32,8 +40,8 @@ def routing_reason(state: RouterState) -> str:
     failed = [a for a in attempts if a["status"] == "failed"]
     answered = [a for a in attempts if a["status"] == "ok"]
     if failed and answered:
-        names = ", ".join(a["backend"] for a in failed)
-        reason += f"; {names} failed, fell back to {answered[-1]['backend']}"
+        names = ", ".join(attempt_label(a) for a in failed)
+        reason += f"; {names} failed, fell back to {attempt_label(answered[-1])}"
     budget = state.get("budget")
     if budget and not budget["serverless_allowed"] and "budget" in budget["reason"]:
         reason += f"; {budget['reason']}"
@@ -47,8 +55,12 @@ def request_cost(
     if answered is None or usage is None or answered.get("cache_hit"):
         return 0.0, 0.0  # a cached answer costs nothing
     if answered["backend"] == "serverless":
-        model = services.catalog.by_id[answered["model"]]
-        return model.cost_usd(usage["prompt_tokens"], usage["completion_tokens"]), 0.0
+        # the price of the provider that served it; the catalog's when it is unknown
+        price: Priced = services.catalog.by_id[answered["model"]]
+        provider = services.providers.by_name.get(answered.get("provider") or "")
+        if provider is not None:
+            price = provider.spec.offers.get(answered["model"]) or price
+        return price.cost_usd(usage["prompt_tokens"], usage["completion_tokens"]), 0.0
     settings = services.settings
     gpu_seconds = answered["latency_ms"] / 1000
     share = gpu_seconds * settings.gpu_hourly_cost_usd / 3600
@@ -94,6 +106,7 @@ async def track_usage(state: RouterState, runtime: Runtime[Context]) -> dict[str
         user=state.get("user"),
         team=state.get("team"),
         backend=answered["backend"] if answered else None,
+        provider=answered.get("provider") if answered else None,
         model=answered["model"] if answered else (attempts[-1]["model"] if attempts else None),
         prompt_tokens=usage["prompt_tokens"] if usage else 0,
         completion_tokens=usage["completion_tokens"] if usage else 0,
@@ -105,7 +118,7 @@ async def track_usage(state: RouterState, runtime: Runtime[Context]) -> dict[str
         complexity_score=complexity["score"],
         complexity_level=complexity["level"],
         fallbacks=len(failures) if answered else max(len(failures) - 1, 0),
-        error="; ".join(f"{a['backend']}: {a['error']}" for a in failures) or None,
+        error="; ".join(f"{attempt_label(a)}: {a['error']}" for a in failures) or None,
         cache_hit=bool(answered and answered.get("cache_hit")),
     )
     # only a serverless answer spends the serverless budget; anything else releases the hold

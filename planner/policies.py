@@ -126,6 +126,18 @@ class _PlannerSettings:
     disable_lambda_labs: bool = False
 
 
+class SimulatedProviders:
+    """Stands in for ``backends.providers.ServerlessProviders``: one that serves every model."""
+
+    def serving(self, model_id: str, tokens: int | None = None) -> list[str]:
+        """Return a provider for any model (simulated providers never fail)."""
+        return ["simulated"]
+
+    def why_none(self, model_id: str, tokens: int | None = None) -> str:
+        """Never asked: a simulated provider serves every model."""
+        return "no serverless provider"
+
+
 class SimulatedPool:
     """Stands in for ``backends.gpu_pool.GpuPool``: up, and busy or not as the simulation says.
 
@@ -166,7 +178,7 @@ class _SimulatedServices:
     settings: _PlannerSettings
     catalog: Catalog
     gpu_pool: SimulatedPool
-    serverless: object | None
+    providers: SimulatedProviders
 
 
 def _request_id_under(ratio: float, under: bool) -> str | None:
@@ -222,7 +234,7 @@ class RouterDecisions:
             settings=_PlannerSettings(serverless_ratio=self.ratio),
             catalog=self.catalog,
             gpu_pool=SimulatedPool(1 if pool else 0, busy),
-            serverless=object(),
+            providers=SimulatedProviders(),
         )
         services = cast(Services, fake)
         allowed, why_not = choose_backend.allowed_backends(state, services)

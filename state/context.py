@@ -3,9 +3,9 @@
 Nodes never reach for module globals; they read ``runtime.context``. A caller
 may pass its own :class:`Context` (tests pass their settings, ledger, clock);
 with none, the process default is built from settings, once per process and
-event loop: HTTP clients, the GPU pool, the ledger engine and, when neither a
-serverless key nor GPU endpoints are configured, two local emulators standing
-in for the two backends.
+event loop: HTTP clients (one per serverless provider), the GPU pool, the
+ledger engine and, when neither a serverless provider nor GPU endpoints are
+configured, two local emulators standing in for the two backends.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from backends.catalog import Catalog, get_catalog
 from backends.gpu_pool import GpuPool
-from backends.openai_compat import OpenAICompatClient
+from backends.providers import ServerlessProviders
 from backends.tokens import warm_tokenizer
 from state.alerts import AlertNotifier
 from state.budgets import BudgetBook
@@ -49,7 +49,7 @@ class Services:
     settings: Settings
     catalog: Catalog
     http: httpx.AsyncClient
-    serverless: OpenAICompatClient | None
+    providers: ServerlessProviders
     gpu_pool: GpuPool
     ledger: Ledger
     budgets: BudgetBook
@@ -126,20 +126,23 @@ async def build_services(
             update={"lambda_api_base": serverless_url, "gpu_endpoints": [gpu_url]}
         )
         logger.warning(
-            "No LAMBDA_API_KEY and no GPU_ENDPOINTS set: using two local emulators "
+            "No serverless provider and no GPU_ENDPOINTS set: using two local emulators "
             "(serverless at %s, gpu at %s). Answers are emulated, not real model output.",
             serverless_url,
             gpu_url,
         )
     http = http_client(settings)
-    serverless_usable = settings.lambda_api_key is not None or emulated
-    serverless = (
-        OpenAICompatClient(
-            http, settings.lambda_api_base, backend="serverless", api_key=settings.lambda_api_key
-        )
-        if serverless_usable
-        else None
-    )
+    # the emulator stands in for the lambda provider (no key: it asks for none)
+    specs = [settings.lambda_provider()] if emulated else settings.provider_specs()
+    for spec in specs:
+        if spec.ends_on is not None and not emulated:
+            logger.warning(
+                "Serverless provider %s is winding down (announced end %s); configure another "
+                "in SERVERLESS_PROVIDERS (see the README).",
+                spec.name,
+                spec.ends_on,
+            )
+    providers = ServerlessProviders(http, specs)
     pool = GpuPool(
         http,
         settings.gpu_endpoints,
@@ -158,7 +161,7 @@ async def build_services(
         settings=settings,
         catalog=catalog,
         http=http,
-        serverless=serverless,
+        providers=providers,
         gpu_pool=pool,
         ledger=ledger,
         budgets=budgets,

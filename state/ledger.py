@@ -77,6 +77,7 @@ class UsageRecord(Base):
     user: Mapped[str | None] = mapped_column(String(NAME_MAX_CHARS), index=True)
     team: Mapped[str | None] = mapped_column(String(NAME_MAX_CHARS))
     backend: Mapped[str | None] = mapped_column(String(16))
+    provider: Mapped[str | None] = mapped_column(String(64))  # the serverless provider
     model: Mapped[str | None] = mapped_column(String(128))
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)

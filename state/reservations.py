@@ -4,7 +4,8 @@ A request that sends an attempt to the serverless API first holds its
 worst-case cost against every budget that applies (:class:`BudgetBook` does
 the atomic, all-or-nothing update). The hold is then:
 
-- **moved** to a cheaper model when the over-budget policy downgrades;
+- **moved** to a cheaper model when the over-budget policy downgrades, and to
+  another provider's price when the next serverless provider takes the request;
 - **released** when the request ends without a serverless answer (the
   serverless call failed, or the GPU pool answered): it is settled at $0;
 - **settled** with the real serverless cost in the same transaction that
@@ -29,7 +30,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from backends.catalog import ModelSpec
+from backends.catalog import ModelSpec, Priced
 from state.budgets import BudgetBook, Crossing, Held, Refused
 from state.ledger import Ledger, UsageRecord
 from state.schemas import ReservationHeld
@@ -64,39 +65,67 @@ class Reservations:
     margin: float
     _sweeper: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
-    def worst_case_usd(self, model: ModelSpec, spend: SpendRequest) -> float:
-        """Return the most ``spend`` can cost on ``model``: an over-estimate, never under."""
-        prompt = math.ceil(spend.prompt_tokens * self.margin)
-        return model.cost_usd(prompt, spend.output_tokens)
+    def worst_case_usd(
+        self, model: ModelSpec, spend: SpendRequest, price: Priced | None = None
+    ) -> float:
+        """Return the most ``spend`` can cost on ``model``: an over-estimate, never under.
 
-    async def hold(self, model: ModelSpec, spend: SpendRequest) -> ReservationHeld | Refused:
-        """Hold the worst-case cost of ``spend`` on ``model``, or say which budget refuses."""
+        ``price`` is the price of the provider that will serve it (the catalog's
+        reference price when None).
+        """
+        prompt = math.ceil(spend.prompt_tokens * self.margin)
+        return (price or model).cost_usd(prompt, spend.output_tokens)
+
+    async def hold(
+        self,
+        model: ModelSpec,
+        spend: SpendRequest,
+        price: Priced | None = None,
+        provider: str | None = None,
+    ) -> ReservationHeld | Refused:
+        """Hold the worst-case cost of ``spend`` on ``model`` at ``provider``'s ``price``.
+
+        Returns the hold, or the budget that refuses it.
+        """
         outcome = await self.budgets.reserve(
-            uuid.uuid4().hex, self.worst_case_usd(model, spend), user=spend.user, team=spend.team
+            uuid.uuid4().hex,
+            self.worst_case_usd(model, spend, price),
+            user=spend.user,
+            team=spend.team,
         )
         if isinstance(outcome, Held):
             return {
                 "id": outcome.reservation_id,
                 "amount_usd": outcome.amount_usd,
                 "model": model.id,
+                "provider": provider,
             }
         return outcome
 
     async def hold_first(
-        self, models: Iterable[ModelSpec], spend: SpendRequest
+        self, choices: Iterable[tuple[ModelSpec, Priced | None, str | None]], spend: SpendRequest
     ) -> ReservationHeld | None:
-        """Hold the first of ``models`` the budgets allow (a downgrade), or None."""
-        for model in models:
-            held = await self.hold(model, spend)
+        """Hold the first of ``choices`` (model, price, provider) the budgets allow, or None."""
+        for model, price, provider in choices:
+            held = await self.hold(model, spend, price, provider)
             if not isinstance(held, Refused):
                 return held
         return None
 
     async def move(
-        self, held: ReservationHeld, model: ModelSpec, spend: SpendRequest
+        self,
+        held: ReservationHeld,
+        model: ModelSpec,
+        spend: SpendRequest,
+        price: Priced | None = None,
+        provider: str | None = None,
     ) -> ReservationHeld | Refused:
-        """Move a hold to another model: hold the new amount, then give the old one back."""
-        moved = await self.hold(model, spend)
+        """Move a hold to another model or provider's price.
+
+        The new amount is held first, then the old one given back; a refused
+        move leaves the old hold as it was.
+        """
+        moved = await self.hold(model, spend, price, provider)
         if not isinstance(moved, Refused):
             await self.release(held)
         return moved

@@ -90,7 +90,10 @@ class Complexity(TypedDict):
 
 
 class Attempt(TypedDict, total=False):
-    """One call to one backend (``status_code`` set when the backend answered an error)."""
+    """One call to one backend (``status_code`` set when the backend answered an error).
+
+    ``provider`` names the serverless provider called, ``endpoint`` the GPU endpoint.
+    """
 
     backend: Required[Backend]
     model: Required[str]
@@ -99,6 +102,7 @@ class Attempt(TypedDict, total=False):
     latency_ms: Required[float]
     status_code: int | None
     endpoint: str | None
+    provider: str | None
     client_error: dict[str, Any] | None
     cache_hit: bool
 
@@ -135,6 +139,7 @@ class ReservationHeld(TypedDict):
     id: str
     amount_usd: float
     model: str
+    provider: str | None
 
 
 class Completion(TypedDict, total=False):

@@ -8,20 +8,30 @@ Settings are read once per process (:func:`get_settings`) and never per request.
 from __future__ import annotations
 
 import functools
+import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
 from pydantic import (
     BaseModel,
     Field,
+    PrivateAttr,
     SecretStr,
+    ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from backends.catalog import get_catalog
+from backends.providers import ProviderConfig, ProviderSpec
 from state.api_keys import RouterApiKeys
+
+LAMBDA_PROVIDER = "lambda"
+"""Name of the provider that ``LAMBDA_API_KEY`` / ``LAMBDA_API_BASE`` make."""
 
 DEFAULT_DATABASE_URL = "sqlite:///./data/router.db"
 
@@ -47,11 +57,24 @@ class Settings(BaseSettings):
 
     lambda_api_key: SecretStr | None = Field(
         default=None,
-        description="API key of the serverless API (Lambda's Inference API by default).",
+        description="API key of Lambda's Inference API (winding down); set: the first "
+        "serverless provider, named lambda.",
     )
     lambda_api_base: str = Field(
         default="https://api.lambda.ai/v1",
-        description="Base URL of the OpenAI-compatible serverless API.",
+        description="Base URL of the lambda provider (any OpenAI-compatible API).",
+    )
+    serverless_providers: Annotated[list[ProviderConfig], NoDecode] = Field(
+        default_factory=list,
+        description='Serverless providers, JSON: [{"preset": "deepinfra", "api_key": "..."}, '
+        '{"name": "mine", "base_url": "https://.../v1", "api_key": "...", "priority": 2, '
+        '"models": {"llama3.1-8b-instruct": {"name": "...", "input_usd_per_mtok": 0.03, '
+        '"output_usd_per_mtok": 0.05}}}].',
+    )
+    serverless_providers_file: Path | None = Field(
+        default=None,
+        description="A TOML file of serverless providers ([[providers]] tables, the fields "
+        "of SERVERLESS_PROVIDERS), added after them.",
     )
     gpu_endpoints: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -67,7 +90,7 @@ class Settings(BaseSettings):
         description="Largest share of traffic that may go to serverless (0 sends all to GPU).",
     )
     disable_lambda_labs: bool = Field(
-        default=False, description="True: never use the serverless API."
+        default=False, description="True: never use any serverless provider."
     )
     lambda_daily_budget: float = Field(
         default=50.0, ge=0.0, description="Daily serverless budget in USD."
@@ -196,6 +219,77 @@ class Settings(BaseSettings):
         description="Most lines one POST /v1/batch/chat/completions call may carry.",
     )
 
+    _provider_specs: list[ProviderSpec] = PrivateAttr(default_factory=list)
+
+    @field_validator("serverless_providers", mode="before")
+    @classmethod
+    def _parse_providers(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return []
+            try:
+                value = orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(
+                    f"SERVERLESS_PROVIDERS is not valid JSON ({exc}); give a JSON list such as "
+                    '[{"preset": "deepinfra", "api_key": "..."}]'
+                ) from None
+        if isinstance(value, dict):
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError(
+                "SERVERLESS_PROVIDERS must be a JSON list of providers, e.g. "
+                '[{"preset": "deepinfra", "api_key": "..."}]'
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_providers(self) -> Settings:
+        """Apply presets, read the providers file, and check every provider once."""
+        configs = list(self.serverless_providers)
+        path = self.serverless_providers_file
+        if path is not None:
+            configs += _read_providers_file(path)
+        catalog = get_catalog()
+        specs: list[ProviderSpec] = []
+        if self.lambda_api_key is not None:
+            specs.append(self.lambda_provider())
+        for index, config in enumerate(configs):
+            try:
+                specs.append(config.resolve(catalog))
+            except ValueError as exc:
+                raise ValueError(
+                    f"serverless provider {index} (SERVERLESS_PROVIDERS): {exc}"
+                ) from None
+        names = [spec.name for spec in specs]
+        for name in names:
+            if names.count(name) > 1:
+                why = (
+                    " (LAMBDA_API_KEY makes a provider named lambda)"
+                    if name == LAMBDA_PROVIDER
+                    else ""
+                )
+                raise ValueError(
+                    f"serverless provider name {name!r} is used twice{why}; give each a distinct "
+                    '"name"'
+                )
+        self._provider_specs = specs
+        return self
+
+    def lambda_provider(self) -> ProviderSpec:
+        """Return the provider the LAMBDA_* settings make (the catalog's lambda preset)."""
+        config = ProviderConfig(
+            name=LAMBDA_PROVIDER,
+            preset=LAMBDA_PROVIDER,
+            base_url=self.lambda_api_base,
+            api_key=self.lambda_api_key,
+        )
+        return config.resolve(get_catalog())
+
+    def provider_specs(self) -> list[ProviderSpec]:
+        """Return every configured serverless provider, LAMBDA_* first, each resolved."""
+        return list(self._provider_specs)
+
     @field_validator("gpu_endpoints", "router_admin_users", mode="before")
     @classmethod
     def _split_endpoints(cls, value: object) -> object:
@@ -265,8 +359,8 @@ class Settings(BaseSettings):
 
     @property
     def emulated(self) -> bool:
-        """True when neither a serverless key nor GPU endpoints are configured."""
-        return self.lambda_api_key is None and not self.gpu_endpoints
+        """True when neither a serverless provider nor GPU endpoints are configured."""
+        return not self._provider_specs and not self.gpu_endpoints
 
     @property
     def async_database_url(self) -> str:
@@ -288,6 +382,35 @@ class Settings(BaseSettings):
         if not url.startswith(prefix) or url.endswith(":memory:"):
             return None
         return Path(url[len(prefix) :])
+
+
+def _read_providers_file(path: Path) -> list[ProviderConfig]:
+    """Read the ``[[providers]]`` tables of a TOML file."""
+    where = f"SERVERLESS_PROVIDERS_FILE {str(path)!r}"
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except OSError as exc:
+        raise ValueError(
+            f"{where} cannot be read ({exc.strerror}); give the path of a TOML file"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{where} is not valid TOML ({exc})") from None
+    entries = data.get("providers")
+    if not isinstance(entries, list):
+        raise ValueError(
+            f"{where} has no [[providers]] tables; write one table per provider, e.g. "
+            '[[providers]] with preset = "deepinfra" and api_key = "..."'
+        )
+    configs = []
+    for index, entry in enumerate(entries):
+        try:
+            configs.append(ProviderConfig.model_validate(entry))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'entry'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(f"{where}, provider {index}: {problems}") from None
+    return configs
 
 
 @functools.cache

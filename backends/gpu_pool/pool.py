@@ -122,6 +122,14 @@ class GpuPool:
         ready.sort(key=lambda e: (self.busy(e), e.load(), e.failures))
         return ready
 
+    def another(
+        self, model: str, tokens: int | None, tried: set[str] | frozenset[str]
+    ) -> GpuEndpoint | None:
+        """Return an endpoint not in ``tried`` (URLs) that may serve ``model`` now, if any."""
+        return next(
+            (e for e in self.candidates(model, tokens, exclude=tried) if e.url not in tried), None
+        )
+
     def has_spare_capacity(self, model: str, tokens: int | None = None) -> bool:
         """Say whether some endpoint serving ``model`` has room for one more request."""
         return any(not self.busy(e) for e in self.candidates(model, tokens))
@@ -161,21 +169,30 @@ class GpuPool:
             self._tickets[request_id] = Ticket(request_id, slot, earlier, now + RESERVATION_TTL_S)
         return slot
 
-    def checkout(self, request_id: str, model: str, tokens: int | None = None) -> Ticket:
+    def checkout(
+        self,
+        request_id: str,
+        model: str,
+        tokens: int | None = None,
+        avoid: set[str] | frozenset[str] = frozenset(),
+    ) -> Ticket:
         """Take a request's ticket: its admitted slot, or a new one (busy or not), and history.
 
-        A new slot avoids the endpoints the request already failed on while another
-        may serve it. The ticket's slot is None when no endpoint may serve it.
+        A new slot avoids the endpoints the request already failed on (its
+        ticket's, and ``avoid``: URLs) while another may serve it. The ticket's
+        slot is None when no endpoint may serve it.
         """
         now = time.monotonic()
         self._sweep(now)
         ticket = self._tickets.pop(request_id, None) or Ticket(request_id)
         slot = ticket.slot
-        if slot is not None and not self._still_good(slot, model, tokens, now):
+        if slot is not None and (
+            slot.endpoint.url in avoid or not self._still_good(slot, model, tokens, now)
+        ):
             self.release(slot)
             slot = None
         if slot is None:
-            ready = self.candidates(model, tokens, now, exclude=ticket.tried)
+            ready = self.candidates(model, tokens, now, exclude=ticket.tried | avoid)
             slot = self._take(ready[0], now) if ready else None
         ticket.slot = slot
         return ticket

@@ -21,7 +21,7 @@ async def test_router_runs_through_the_graph_api(langgraph_dev: str):
     assert "budget" not in result
 
 
-async def test_server_graph_shows_the_seven_steps_and_both_fallback_edges(langgraph_dev: str):
+async def test_server_graph_shows_the_seven_steps_and_every_fallback_edge(langgraph_dev: str):
     client = get_client(url=langgraph_dev)
     assistants = await client.assistants.search(graph_id="router")
     drawn = await client.assistants.get_graph(assistants[0]["assistant_id"])
@@ -50,6 +50,9 @@ async def test_server_graph_shows_the_seven_steps_and_both_fallback_edges(langgr
         # the fallback edges, both ways
         ("generate_serverless", "generate_gpu", True),
         ("generate_gpu", "generate_serverless", True),
+        # the next serverless provider, the next GPU endpoint
+        ("generate_serverless", "generate_serverless", True),
+        ("generate_gpu", "generate_gpu", True),
         ("generate_serverless", "track_usage", True),
         ("generate_gpu", "track_usage", True),
         ("track_usage", "__end__", False),

@@ -25,7 +25,7 @@ from emulator.server import _EmbeddedServer
 from gateway.app import create_app
 from gateway.health import public_url
 from state.context import Services
-from tests.conftest import GPU_MODELS, TEST_KEY, Harness
+from tests.conftest import GPU_MODELS, SERVERLESS_MODELS, TEST_KEY, Harness
 
 HELLO = [{"role": "user", "content": "Hello!"}]
 # a medium-complexity prompt: with cost_priority=performance it needs a tier-3 model,
@@ -143,10 +143,15 @@ async def test_health_shows_each_backend_and_endpoint(served: Served):
     assert set(body) == {"status", "checked_at", "backends"}
     serverless, gpu = body["backends"]["serverless"], body["backends"]["gpu"]
     assert serverless["status"] == "up"
-    assert serverless["latency_ms"] > 0
-    assert serverless["models"] > 0
-    assert serverless["error"] is None
-    assert serverless["url"] == served.services.settings.lambda_api_base
+    (provider,) = serverless["providers"]
+    assert provider["name"] == "lambda"
+    assert provider["status"] == "up"
+    assert provider["latency_ms"] > 0
+    assert provider["models"] == sorted(SERVERLESS_MODELS)
+    assert provider["error"] is None
+    assert provider["ends_on"] == "2025-09-25"  # Lambda's Inference API is winding down
+    assert provider["url"] == served.services.settings.lambda_api_base
+    assert provider["host"] == "127.0.0.1"
     assert gpu["status"] == "up"
     assert gpu["endpoints_up"] == 1
     (endpoint,) = gpu["endpoints"]
@@ -170,7 +175,8 @@ async def test_health_is_503_when_both_backends_are_down(both_up: Harness, serve
     body = response.json()
     assert body["status"] == "degraded"
     assert body["backends"]["serverless"]["status"] == "down"
-    assert "ConnectError" in body["backends"]["serverless"]["error"]
+    (provider,) = body["backends"]["serverless"]["providers"]
+    assert "ConnectError" in provider["error"]
     assert body["backends"]["gpu"]["status"] == "up"
 
     await both_up.stop("gpu")

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from backends.catalog import get_catalog
 from backends.errors import BackendError
+from backends.providers import ServerlessProviders
 from nodes.analyze_complexity import analyze_complexity
 from nodes.check_budget import check_budget
 from nodes.choose_backend import choose_backend
@@ -60,19 +61,20 @@ class FakeReservations:
         self.refuse = refuse
         self.settled: list[tuple[Any, float, Any]] = []
 
-    def worst_case_usd(self, model: Any, spend: Any) -> float:
-        return float(model.cost_usd(spend.prompt_tokens, spend.output_tokens))
+    def worst_case_usd(self, model: Any, spend: Any, price: Any = None) -> float:
+        return float((price or model).cost_usd(spend.prompt_tokens, spend.output_tokens))
 
-    async def hold(self, model: Any, spend: Any) -> Any:
-        amount = self.worst_case_usd(model, spend)
+    async def hold(self, model: Any, spend: Any, price: Any = None, provider: Any = None) -> Any:
+        amount = self.worst_case_usd(model, spend, price)
         if self.refuse:
             window = BudgetWindow("global", "", "day", "2026-12-01", 1.0, NOW)
             return Refused(window, 1.0, 0.0, amount)
-        return {"id": "r1", "amount_usd": amount, "model": model.id}
+        return {"id": "r1", "amount_usd": amount, "model": model.id, "provider": provider}
 
-    async def hold_first(self, models: Any, spend: Any) -> Any:
-        for model in models:
-            return {"id": "r2", "amount_usd": self.worst_case_usd(model, spend), "model": model.id}
+    async def hold_first(self, choices: Any, spend: Any) -> Any:
+        for model, price, provider in choices:
+            amount = self.worst_case_usd(model, spend, price)
+            return {"id": "r2", "amount_usd": amount, "model": model.id, "provider": provider}
         return None
 
     async def settle(self, held: Any, cost: float, row: Any) -> list[Any]:
@@ -103,11 +105,12 @@ class FakeAlerts:
 
 def runtime(**settings: Any) -> Runtime[Context]:
     extra = {k: settings.pop(k) for k in ("pool", "reservations", "overrides") if k in settings}
+    config = Settings(_env_file=None, lambda_api_key=SecretStr("k"), **settings)  # type: ignore[call-arg]
     services = Services(
-        settings=Settings(_env_file=None, lambda_api_key=SecretStr("k"), **settings),  # type: ignore[call-arg]
+        settings=config,
         catalog=CATALOG,
         http=None,  # type: ignore[arg-type]
-        serverless=object(),  # type: ignore[arg-type]
+        providers=ServerlessProviders(None, config.provider_specs()),  # type: ignore[arg-type]
         gpu_pool=extra.get("pool", FakePool()),
         ledger=None,  # type: ignore[arg-type]
         budgets=None,  # type: ignore[arg-type]
