@@ -180,7 +180,8 @@ class ProviderConfig(BaseModel):
             priority=self.priority,
             enabled=self.enabled,
             offers=offers,
-            ends_on=preset.ends_on if preset else None,
+            # winding down when it is the preset's own API, not another at the same names
+            ends_on=preset.ends_on if preset and base_url == preset.base_url.rstrip("/") else None,
         )
 
     @model_validator(mode="after")

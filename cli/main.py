@@ -187,7 +187,10 @@ def _print_result(result: dict[str, Any]) -> None:
     for attempt in routing["attempts"]:
         outcome = "ok" if attempt["status"] == "ok" else f"failed: {attempt['error']}"
         took = f"{attempt['latency_ms']:.0f} ms"
-        print(f"attempt:    {attempt['backend']} {attempt['model']} ({took}) {outcome}")
+        where = attempt["backend"]
+        if attempt.get("provider"):
+            where += f" ({attempt['provider']})"
+        print(f"attempt:    {where} {attempt['model']} ({took}) {outcome}")
     print(
         f"usage:      {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion "
         f"= {usage['total_tokens']} tokens"

@@ -62,8 +62,10 @@ class Harness:
         self.gpu_url = ""
         self._emulators: dict[str, AsyncExitStack] = {}
 
-    async def start(self, which: str, **config: Any) -> str:
-        models = SERVERLESS_MODELS if which == "serverless" else GPU_MODELS
+    async def start(self, which: str, models: list[str] | None = None, **config: Any) -> str:
+        """Start an emulator named ``which`` (others than the two: providers, GPU endpoints)."""
+        if models is None:
+            models = SERVERLESS_MODELS if which == "serverless" else GPU_MODELS
         emulator_stack = AsyncExitStack()
         url = await emulator_stack.enter_async_context(
             serve_emulator(EmulatorConfig(name=which, models=models, **config))
