@@ -104,7 +104,8 @@ async def generate_gpu(
                 # a timeout, a 401 or a blip on this endpoint: another healthy one takes it
                 # before serverless does (this edge before the fallback edge)
                 return Command(goto="generate_gpu", update={"attempts": ticket.record(attempt)})
-        if await retry_here(error, runtime):
+        # a hop to another endpoint was this request's second try: no retry after one
+        if not tried and await retry_here(error, runtime):
             pool.carry_over(ticket, attempt)  # the next run reports it
             raise
         command = fail_over(state, "gpu", attempt, error)

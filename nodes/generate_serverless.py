@@ -76,7 +76,8 @@ async def generate_serverless(
             if providers.first(model.id, tokens, skip=tried | {name}) is not None:
                 # the next provider takes it (this edge before the GPU pool's)
                 return Command(goto="generate_serverless", update={**update, "attempts": [attempt]})
-        if not moved and await retry_here(error, runtime):
+        # a hop to another provider was this request's second try: no retry after one
+        if not tried and not moved and await retry_here(error, runtime):
             if "reservation" in update:
                 # this try's update is lost when it raises: give its hold back first
                 await services.reservations.release(update["reservation"])
