@@ -171,6 +171,7 @@ class RouterMetrics:
         )
         # the pool's counts when they were last copied, by endpoint URL
         self._synced: dict[str, tuple[int, int, int]] = {}
+        self._labels: dict[str, str] = {}  # endpoint URL -> label (without credentials)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -294,7 +295,9 @@ class RouterMetrics:
         """
         now = time.monotonic()
         for endpoint in pool.endpoints:
-            label = shown_url(endpoint.url)
+            label = self._labels.get(endpoint.url)
+            if label is None:
+                label = self._labels[endpoint.url] = shown_url(endpoint.url)
             counts = (endpoint.requests, endpoint.failed_requests, endpoint.cooldowns)
             before = self._synced.get(endpoint.url)
             if counts != before:

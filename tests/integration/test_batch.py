@@ -139,3 +139,20 @@ async def test_a_batch_over_the_line_limit_or_not_a_list_is_refused(
     assert not_array.json()["error"]["code"] == "invalid_json"
     assert wrong_method.status_code == 405
     assert await gateway.rows() == []
+
+
+async def test_each_line_runs_as_the_api_keys_user_and_team(
+    both_up: Harness, start_gateway: StartGateway
+):
+    key = "sk-router-carol-5e0c1d2b3a4f6789"
+    gateway = await start_gateway(await both_up.services(router_api_keys=f"{key}:carol:ml"))
+    url = f"{gateway.url}/batch/chat/completions"
+    lines = [line("a", user="mallory", team="other"), line("b", force_backend="gpu")]
+    async with httpx.AsyncClient(timeout=60) as http:
+        refused = await http.post(url, json=lines)
+        answered = await http.post(url, json=lines, headers={"authorization": f"Bearer {key}"})
+    assert refused.status_code == 401
+    assert [o["response"]["status_code"] for o in answered.json()] == [200, 200]
+    assert key not in answered.text
+    rows = await gateway.rows()
+    assert [(r.user, r.team) for r in rows] == [("carol", "ml")] * 2
