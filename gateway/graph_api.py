@@ -97,8 +97,21 @@ def _error(exc: BaseException) -> dict[str, str]:
     return {"error": type(exc).__name__, "message": message}
 
 
-def graph_api_routes(services: Callable[[], Awaitable[Services]]) -> list[Route]:
-    """Return the graph API routes, running graphs on ``services``."""
+def graph_api_routes(
+    services: Callable[[], Awaitable[Services]],
+    after_run: Callable[[Context], None] | None = None,
+) -> list[Route]:
+    """Return the graph API routes, running graphs on ``services``.
+
+    Args:
+        services: Returns the services every run uses.
+        after_run: Told each run's context when it ends (the gateway's metrics
+            copy the GPU pool's figures then).
+    """
+
+    def ended(context: Context) -> None:
+        if after_run is not None:
+            after_run(context)
 
     async def ok(_: Request) -> Response:
         """Say the server is up.
@@ -215,6 +228,8 @@ def graph_api_routes(services: Callable[[], Awaitable[Services]]) -> list[Route]
             output = await graph.ainvoke(body["input"], context=context)
         except Exception as exc:
             return _json({"__error__": _error(exc)})
+        finally:
+            ended(context)
         return _json(output)
 
     async def runs_stream(request: Request) -> Response:
@@ -255,6 +270,8 @@ def graph_api_routes(services: Callable[[], Awaitable[Services]]) -> list[Route]
             except Exception as exc:
                 status = "error"
                 yield b"event: error\ndata: " + orjson.dumps(_error(exc)) + b"\n\n"
+            finally:
+                ended(context)
             if status == "success":
                 end = {"run_id": run_id, "status": status}
                 yield b"event: end\ndata: " + orjson.dumps(end) + b"\n\n"

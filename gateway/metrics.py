@@ -27,7 +27,7 @@ streaming or not, answered or failed:
   ``router_gpu_endpoint_failures_total``, ``router_gpu_endpoint_cooldowns_total``,
   ``router_gpu_endpoint_in_flight``, ``router_gpu_endpoint_peak_in_flight`` and
   ``router_gpu_endpoint_up``: copied from the pool (:meth:`RouterMetrics.observe_pool`)
-  after every request and at every scrape.
+  after every chat request, batch and graph-API run, and at every scrape.
 
 With several workers (``hybrid-router serve --workers N``) the server sets
 ``PROMETHEUS_MULTIPROC_DIR`` and prometheus-client's multiprocess mode keeps

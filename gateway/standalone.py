@@ -17,7 +17,8 @@ from state.context import default_services
 def create_standalone_app() -> Starlette:
     """Build the gateway app with the graph API routes in front."""
     app = create_app()
-    app.router.routes[0:0] = graph_api_routes(default_services)
+    gateway = app.state.gateway
+    app.router.routes[0:0] = graph_api_routes(default_services, after_run=gateway.observe_pool)
     return app
 
 

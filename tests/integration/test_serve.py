@@ -139,12 +139,17 @@ async def test_every_worker_answers_the_whole_servers_counts(served, metrics_dir
                 model="auto", **HELLO, extra_body={"force_backend": "gpu"}
             )
 
-    await asyncio.gather(*(one() for _ in range(n)))
+    async def graph_run() -> None:  # the graph API's runs use the pool too
+        await get_client(url=url, headers=AUTH).runs.wait(
+            None, "router", input={**HELLO, "force_backend": "gpu"}
+        )
+
+    await asyncio.gather(*(one() for _ in range(n)), *(graph_run() for _ in range(4)))
     for _ in range(8):
         text = await scrape(url)
         assert counted(text, "router_requests_total", status="ok") == requests + n
         assert counted(text, "router_request_latency_seconds_count") >= requests + n
-        assert counted(text, "router_gpu_endpoint_requests_total") == on_gpu + n
+        assert counted(text, "router_gpu_endpoint_requests_total") == on_gpu + n + 4
         assert counted(text, "router_gpu_endpoint_in_flight") == 0
     # both workers counted some of them, each in its own file
     assert len(list(metrics_dir.glob("counter_*.db"))) == 2
