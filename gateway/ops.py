@@ -107,7 +107,8 @@ class Operations:
             description: >-
               {timezone, generated_at, today: PERIOD, month: PERIOD}, where PERIOD is
               {start, end, requests, by_backend: {serverless|gpu|none: {requests, share,
-              cost_usd}}, by_status: {ok, failed}, fallbacks, fallback_rate, cost_usd};
+              cost_usd}}, by_status: {ok, failed, refused, ...}, fallbacks, fallback_rate,
+              refused, budget_refusals, cost_usd};
               a request counts as a fallback when it tried more than one backend call.
           '403': {description: no API keys are configured, or another tenant was asked for}
         """

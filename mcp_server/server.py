@@ -36,7 +36,7 @@ from state.errors import RouterError
 from state.reporting.advice import Advice, advice_text, cost_advice
 from state.reporting.estimates import Estimate, estimate_text
 from state.reporting.money import usd
-from state.reporting.usage import GroupBy, UsageStats, usage_stats
+from state.reporting.usage import GroupBy, UsageStats, refusals_text, usage_stats
 from state.schemas import Backend, ChatMessage, CostPriority, RouterInput, Routing, Usage
 
 logger = logging.getLogger(__name__)
@@ -277,7 +277,7 @@ def _usage_text(stats: UsageStats) -> str:
     totals, savings = stats["totals"], stats["savings"]
     lines = [
         f"{stats['start']} .. {stats['end']}: {totals['requests']} requests "
-        f"({totals['failed']} failed), {totals['total_tokens']} tokens, "
+        f"({totals['failed']} failed; {refusals_text(totals)}), {totals['total_tokens']} tokens, "
         f"{usd(totals['cost_usd'])} recorded; latency p50 {totals['latency_ms_p50']:.0f} ms, "
         f"p95 {totals['latency_ms_p95']:.0f} ms",
         f"by {stats['group_by']}:",

@@ -304,7 +304,7 @@ async def analyze_complexity(state: RouterState, runtime: Runtime[Context]) -> d
         },
     }
     # what an earlier run on this thread left must not pass for this run's answer
-    for stale in ("response", "completion", "reservation", "budget"):
+    for stale in ("response", "completion", "reservation", "budget", "budget_refused", "refusal"):
         if state.get(stale) is not None:
             update[stale] = None
     return update

@@ -17,7 +17,7 @@ from nodes.cost_estimate import estimate
 from state.context import Context, Services, resolve_services
 from state.reporting.advice import advice_text, advise
 from state.reporting.money import usd
-from state.reporting.usage import usage_report
+from state.reporting.usage import refusals_text, usage_report
 from state.reporting.windows import named_period
 from state.schemas import ChatState
 
@@ -59,7 +59,8 @@ async def _usage(services: Services, params: dict[str, Any], now: datetime) -> s
     parts = [
         f"**Usage for {label}** ({start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} "
         f"{settings.budget_timezone}): {totals['requests']} requests, "
-        f"{totals['total_tokens']:,} tokens, {usd(totals['cost_usd'])}.",
+        f"{totals['total_tokens']:,} tokens, {usd(totals['cost_usd'])}; "
+        f"{refusals_text(totals)}.",
         "",
         table(header, rows),
         "",

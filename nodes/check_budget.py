@@ -6,7 +6,9 @@ The hold is one atomic step in the ledger (``state.reservations``), so
 concurrent requests can never spend past a budget. Over budget, the policy
 decides: ``gpu`` (default: the GPU pool costs nothing more per request),
 ``downgrade`` (the cheapest serverless model that fits the budget) or
-``reject`` (a typed budget error with the remainder and the reset time).
+``reject`` (a typed budget error with the remainder and the reset time,
+raised by ``track_usage`` once the refused request has its ledger row). Every
+refused hold marks the request ``budget_refused``, so the reports count it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from state.context import Context, Services, resolve_services
 from state.errors import BudgetExceededError
 from state.reporting.money import usd
 from state.reservations import SpendRequest
-from state.schemas import Backend, BudgetCheck, RouterState
+from state.schemas import Backend, BudgetCheck, BudgetRefusal, RouterState
 
 
 def spend_request(state: RouterState) -> SpendRequest:
@@ -111,13 +113,44 @@ def route_to_backend(backend: Backend) -> Literal["generate_serverless", "genera
     raise ValueError(f"no backend was chosen (got {backend!r})")
 
 
-NextStep = Command[Literal["generate_serverless", "generate_gpu"]]
+NextStep = Command[Literal["generate_serverless", "generate_gpu", "track_usage"]]
 
 
 def _update(state: RouterState, budget: BudgetCheck, **changes: Any) -> NextStep:
     decision = {"budget": budget, **{k: v for k, v in changes.items() if k != "reservation"}}
     update = {"budget": budget, **changes, "decisions": {"check_budget": decision}}
     return Command(goto=route_to_backend(changes.get("backend", state["backend"])), update=update)
+
+
+def _refuse(budget: BudgetCheck, error: BudgetExceededError) -> NextStep:
+    """Go to ``track_usage`` with the refusal: it records the request, then raises the 402."""
+    refusal: BudgetRefusal = {
+        "message": error.message,
+        "remaining_usd": error.remaining_usd or 0.0,
+        "resets_at": error.resets_at or "",
+        "retry_after_s": error.retry_after_s or 1,
+        "budget": error.budget or {},
+    }
+    decision = {"budget": budget, "refused": True}
+    update = {
+        "budget": budget,
+        "budget_refused": True,
+        "refusal": refusal,
+        "reservation": None,
+        "decisions": {"check_budget": decision},
+    }
+    return Command(goto="track_usage", update=update)
+
+
+def refusal_error(refusal: BudgetRefusal) -> BudgetExceededError:
+    """Return the 402 error of a refusal ``check_budget`` left in the state."""
+    return BudgetExceededError(
+        refusal["message"],
+        remaining_usd=refusal["remaining_usd"],
+        resets_at=refusal["resets_at"],
+        retry_after_s=refusal["retry_after_s"],
+        budget=refusal["budget"],
+    )
 
 
 async def check_budget(state: RouterState, runtime: Runtime[Context]) -> NextStep:
@@ -166,11 +199,22 @@ async def check_budget(state: RouterState, runtime: Runtime[Context]) -> NextSte
                 "reason": f"{refused.reason()}; downgraded to {cheaper['model']}",
             }
             candidates = {**state["candidates"], "serverless": cheaper["model"]}
-            return _update(state, downgraded, reservation=cheaper, candidates=candidates)
+            return _update(
+                state,
+                downgraded,
+                reservation=cheaper,
+                candidates=candidates,
+                budget_refused=True,
+            )
     allowed = [b for b in state.get("allowed_backends", []) if b != "serverless"]
     forced = state.get("force_backend") == "serverless"
     if policy == "reject" or "gpu" not in allowed or forced:
-        raise budget_error(refused, services.clock())
+        refusing: BudgetCheck = {
+            "estimate_usd": refused.amount_usd,
+            "serverless_allowed": False,
+            "reason": f"{refused.reason()}; refused",
+        }
+        return _refuse(refusing, budget_error(refused, services.clock()))
     over: BudgetCheck = {
         "estimate_usd": refused.amount_usd,
         "serverless_allowed": False,
@@ -183,4 +227,5 @@ async def check_budget(state: RouterState, runtime: Runtime[Context]) -> NextSte
         backend="gpu",
         backend_reason=f"over the serverless budget: {refused.reason()}",
         allowed_backends=allowed,
+        budget_refused=True,
     )

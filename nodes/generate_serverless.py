@@ -65,6 +65,7 @@ async def generate_serverless(
                 hold = await reservations.move(held, model, spend, offer, provider.name)
                 moved = not isinstance(hold, Refused)
             if isinstance(hold, Refused):
+                update["budget_refused"] = True  # counted in the reports
                 raise BackendError(provider.name, model.id, f"{hold.reason()} at its price")
             held = update["reservation"] = hold
         result, message = await call_backend(

@@ -10,6 +10,10 @@ instance time is nobody's request; reports show it as the pool's idle cost.
 A stream whose caller went away stops at the next token (the gateway sets the
 context's ``cancelled`` signal): its row has status ``cancelled``, the tokens
 produced until then, and their cost, settled against its hold like any answer.
+
+A request a budget refused (``refusal``, left by ``check_budget``) is a row with
+status ``refused``, then its 402; one a budget sent elsewhere (the GPU pool, a
+cheaper model) keeps its status and is marked ``budget_refused``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from backends.catalog import Priced
+from nodes.check_budget import refusal_error
 from nodes.generation import CANCELLED, cache_entry
 from state.context import Context, Services, resolve_services
 from state.errors import AllBackendsFailedError, BackendRejectedError
@@ -36,7 +41,7 @@ def attempt_label(attempt: Attempt) -> str:
 def routing_reason(state: RouterState) -> str:
     """Explain the decision in one sentence, fallbacks included."""
     reason = state.get("backend_reason", "")
-    attempts = state.get("attempts", [])
+    attempts = state.get("attempts") or []
     failed = [a for a in attempts if a["status"] == "failed"]
     answered = [a for a in attempts if a["status"] == "ok"]
     if failed and answered:
@@ -68,7 +73,12 @@ def request_cost(
 
 
 def answer_status(state: RouterState, answered: Attempt | None) -> str:
-    """Return the ledger status: ``ok``, ``failed``, or ``cancelled`` (caller left mid-stream)."""
+    """Return the ledger status: ``ok``, ``failed``, ``refused`` (a 402) or ``cancelled``.
+
+    ``cancelled``: the caller left mid-stream.
+    """
+    if state.get("refusal"):
+        return "refused"
     if answered is None:
         return "failed"
     finish = (state.get("completion") or {}).get("finish_reason")
@@ -100,6 +110,12 @@ async def track_usage(state: RouterState, runtime: Runtime[Context]) -> dict[str
     reason = routing_reason(state)
     complexity = state["complexity"]
     failures = [a for a in attempts if a["status"] == "failed"]
+    if answered:
+        model = answered["model"]
+    elif attempts:
+        model = attempts[-1]["model"]
+    else:  # refused before any call: the model the budget refused
+        model = (state.get("candidates") or {}).get("serverless")
     row = UsageRecord(
         created_at=services.clock(),
         request_id=state["request_id"],
@@ -107,7 +123,7 @@ async def track_usage(state: RouterState, runtime: Runtime[Context]) -> dict[str
         team=state.get("team"),
         backend=answered["backend"] if answered else None,
         provider=answered.get("provider") if answered else None,
-        model=answered["model"] if answered else (attempts[-1]["model"] if attempts else None),
+        model=model,
         prompt_tokens=usage["prompt_tokens"] if usage else 0,
         completion_tokens=usage["completion_tokens"] if usage else 0,
         cost_usd=cost,
@@ -120,6 +136,7 @@ async def track_usage(state: RouterState, runtime: Runtime[Context]) -> dict[str
         fallbacks=len(failures) if answered else max(len(failures) - 1, 0),
         error="; ".join(f"{attempt_label(a)}: {a['error']}" for a in failures) or None,
         cache_hit=bool(answered and answered.get("cache_hit")),
+        budget_refused=bool(state.get("budget_refused")),
     )
     # only a serverless answer spends the serverless budget; anything else releases the hold
     serverless_cost = cost if answered and answered["backend"] == "serverless" else 0.0
@@ -130,6 +147,9 @@ async def track_usage(state: RouterState, runtime: Runtime[Context]) -> dict[str
     fresh = row.status == "ok" and answered is not None and not answered.get("cache_hit")
     if key is not None and answered is not None and fresh:
         await services.cache.put(key, cache_entry(state, answered))
+    refusal = state.get("refusal")
+    if refusal:
+        raise refusal_error(refusal)
     if answered is None:
         raise rejected(attempts) or AllBackendsFailedError([dict(a) for a in attempts])
     routing: Routing = {

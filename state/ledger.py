@@ -84,13 +84,15 @@ class UsageRecord(Base):
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # ok | failed | refused (a 402)
     routing_reason: Mapped[str] = mapped_column(Text, default="")
     complexity_score: Mapped[float | None] = mapped_column(Float)
     complexity_level: Mapped[str | None] = mapped_column(String(8))
     fallbacks: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     cache_hit: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # a budget refused this request's hold: it was refused (402), or went elsewhere
+    budget_refused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class BudgetCounter(Base):
@@ -194,8 +196,9 @@ INSERT_USAGE = insert(UsageRecord)
 def usage_values(row: UsageRecord) -> dict[str, Any]:
     """Return a usage row's column values for an insert (a value left unset takes its default)."""
     values = {c.key: getattr(row, c.key) for c in _USAGE_COLUMNS}
-    if values.get("cache_hit") is None:
-        values["cache_hit"] = False
+    for flag in ("cache_hit", "budget_refused"):
+        if values.get(flag) is None:
+            values[flag] = False
     return values
 
 

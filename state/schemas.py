@@ -133,6 +133,16 @@ class BudgetCheck(TypedDict):
     reason: str
 
 
+class BudgetRefusal(TypedDict):
+    """A request a budget refused (a 402): what ``track_usage`` records and raises."""
+
+    message: str
+    remaining_usd: float
+    resets_at: str
+    retry_after_s: int
+    budget: dict[str, Any]
+
+
 class ReservationHeld(TypedDict):
     """A budget reservation the request holds until ``track_usage`` settles it."""
 
@@ -232,6 +242,8 @@ class RouterState(RouterInput, total=False):
     candidates: dict[str, str]
     selection_reason: str
     budget: BudgetCheck
+    budget_refused: bool | None
+    refusal: BudgetRefusal | None
     reservation: ReservationHeld | None
     backend: Backend
     backend_reason: str

@@ -578,7 +578,8 @@
     );
     setText(
       "requests-rates",
-      `${pct(totals.error_rate)} errors · ${pct(totals.fallback_rate)} fallbacks`,
+      `${pct(totals.error_rate)} errors · ${pct(totals.fallback_rate)} fallbacks · ` +
+        `${count(totals.budget_refusals)} budget refusals (${count(totals.refused)} refused)`,
     );
     return {
       requests: num(totals.requests),

@@ -61,7 +61,11 @@ _COLUMNS = (
     UsageRecord.latency_ms,
     UsageRecord.status,
     UsageRecord.fallbacks,
+    UsageRecord.budget_refused,
 )
+
+REFUSED = "refused"
+"""The ledger status of a request a budget refused (a 402)."""
 
 
 class UsageStats(TypedDict):
@@ -86,14 +90,22 @@ def nearest_rank(values: list[float], q: float) -> float:
 
 
 def summarize(rows: Iterable[Any]) -> dict[str, Any]:
-    """Aggregate rows: counts, tokens, cost, latency percentiles, error and fallback rates."""
+    """Aggregate rows: counts, tokens, cost, latency percentiles, error and fallback rates.
+
+    ``refused`` counts the requests a budget refused (402s); ``budget_refusals``
+    every request whose budget hold was refused: those, and the ones the budget
+    sent to the GPU pool or to a cheaper model. A refusal is not a failure.
+    """
     rows = list(rows)
     latencies = [r.latency_ms for r in rows]
     requests = len(rows)
-    failed = sum(1 for r in rows if r.status != "ok")
+    refused = sum(1 for r in rows if r.status == REFUSED)
+    failed = sum(1 for r in rows if r.status not in ("ok", REFUSED))
     return {
         "requests": requests,
         "failed": failed,
+        "refused": refused,
+        "budget_refusals": sum(1 for r in rows if r.budget_refused),
         "prompt_tokens": sum(r.prompt_tokens for r in rows),
         "completion_tokens": sum(r.completion_tokens for r in rows),
         "total_tokens": sum(r.prompt_tokens + r.completion_tokens for r in rows),
@@ -104,6 +116,24 @@ def summarize(rows: Iterable[Any]) -> dict[str, Any]:
         "error_rate": failed / requests if requests else 0.0,
         "fallback_rate": sum(1 for r in rows if r.fallbacks) / requests if requests else 0.0,
     }
+
+
+def refusals_text(figures: dict[str, Any]) -> str:
+    """Say how many requests budgets refused, for people (chat and MCP answers).
+
+    Args:
+        figures: A :func:`summarize` result (or ``/stats``' period).
+
+    Returns:
+        E.g. "3 budget refusals (1 refused with a 402, 2 sent to the GPU pool or a
+        cheaper model)".
+    """
+    total, refused = figures["budget_refusals"], figures["refused"]
+    plural = "" if total == 1 else "s"
+    return (
+        f"{total} budget refusal{plural} ({refused} refused with a 402, "
+        f"{total - refused} sent to the GPU pool or a cheaper model)"
+    )
 
 
 def savings(
@@ -259,15 +289,16 @@ async def usage_stats(
 
 
 def _routing_of(rows: list[Any], start: datetime, end: datetime) -> dict[str, Any]:
-    """Fold ``(backend, status, count, fallbacks, cost)`` groups into one period's figures."""
+    """Fold ``(backend, status, count, fallbacks, cost, refusals)`` groups: one period."""
     total = sum(int(r[2]) for r in rows)
     by_backend: dict[str, dict[str, Any]] = {
         b: {"requests": 0, "share": 0.0, "cost_usd": 0.0} for b in BACKENDS
     }
     by_status: dict[str, int] = {}
     fallbacks = 0
+    refusals = 0
     cost = 0.0
-    for backend, status, count, fell_back, cost_usd in rows:
+    for backend, status, count, fell_back, cost_usd, refused in rows:
         entry = by_backend.setdefault(
             backend or "none", {"requests": 0, "share": 0.0, "cost_usd": 0.0}
         )
@@ -275,6 +306,7 @@ def _routing_of(rows: list[Any], start: datetime, end: datetime) -> dict[str, An
         entry["cost_usd"] += float(cost_usd or 0.0)
         by_status[status] = by_status.get(status, 0) + int(count)
         fallbacks += int(fell_back or 0)
+        refusals += int(refused or 0)
         cost += float(cost_usd or 0.0)
     for entry in by_backend.values():
         entry["share"] = entry["requests"] / total if total else 0.0
@@ -286,6 +318,8 @@ def _routing_of(rows: list[Any], start: datetime, end: datetime) -> dict[str, An
         "by_status": by_status,
         "fallbacks": fallbacks,
         "fallback_rate": fallbacks / total if total else 0.0,
+        "refused": by_status.get(REFUSED, 0),
+        "budget_refusals": refusals,
         "cost_usd": cost,
     }
 
@@ -295,7 +329,9 @@ async def routing_stats(
 ) -> dict[str, Any]:
     """Return today's and this month's routing split, statuses, fallbacks and cost (``/stats``).
 
-    A request counts as a fallback when it tried more than one backend call.
+    A request counts as a fallback when it tried more than one backend call;
+    ``refused`` counts the 402s (status ``refused``), ``budget_refusals`` every
+    request whose budget hold was refused (those, and the ones sent elsewhere).
     Days and months are calendar windows in ``BUDGET_TIMEZONE``, the budgets'.
 
     Args:
@@ -307,7 +343,7 @@ async def routing_stats(
     Returns:
         ``{timezone, generated_at, today: PERIOD, month: PERIOD}``, where PERIOD
         is ``{start, end, requests, by_backend, by_status, fallbacks,
-        fallback_rate, cost_usd}``.
+        fallback_rate, refused, budget_refusals, cost_usd}``.
     """
     calendar = calendar_windows(now, settings.zone)
     periods = {
@@ -325,6 +361,7 @@ async def routing_stats(
                     func.count(),
                     func.sum(case((UsageRecord.fallbacks > 0, 1), else_=0)),
                     func.sum(UsageRecord.cost_usd),
+                    func.sum(case((UsageRecord.budget_refused, 1), else_=0)),
                 )
                 .where(
                     UsageRecord.created_at >= start.astimezone(UTC),

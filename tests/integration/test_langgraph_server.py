@@ -47,6 +47,7 @@ async def test_server_graph_shows_the_seven_steps_and_every_fallback_edge(langgr
         ("choose_backend", "track_usage", True),  # an answer from the response cache
         ("check_budget", "generate_serverless", True),
         ("check_budget", "generate_gpu", True),
+        ("check_budget", "track_usage", True),  # refused: recorded, then the 402
         # the fallback edges, both ways
         ("generate_serverless", "generate_gpu", True),
         ("generate_gpu", "generate_serverless", True),

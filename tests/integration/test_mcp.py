@@ -215,8 +215,8 @@ async def test_automatic_routing_and_a_budget_refusal(both_up: Harness) -> None:
         assert refused.is_error
         assert "daily budget ($0.00) would be exceeded" in text_of(refused)
         assert "budget_exceeded" in text_of(refused)
-    rows = await services.ledger.rows()
-    assert [r.backend for r in rows] == ["gpu"]
+    rows = await services.ledger.rows()  # newest first: the refusal is a row too
+    assert [(r.backend, r.status) for r in rows] == [(None, "refused"), ("gpu", "ok")]
 
 
 def usage_row(i: int, services: Services, **values: Any) -> UsageRecord:

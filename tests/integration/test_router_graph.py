@@ -391,5 +391,13 @@ async def test_a_budget_refusal_ends_the_run_before_any_backend_step(both_up: Ha
             {**ANALYSIS, "force_backend": "serverless"}, context=context, stream_mode="updates"
         ):
             steps.extend(update)
-    assert steps == ["analyze_complexity", "select_model", "choose_backend"]
-    assert await ledger_rows(context) == []
+    # track_usage records the refused request, then raises the 402
+    assert steps == ["analyze_complexity", "select_model", "choose_backend", "check_budget"]
+    (row,) = await ledger_rows(context)
+    assert (row.status, row.budget_refused, row.backend, row.cost_usd) == (
+        "refused",
+        True,
+        None,
+        0.0,
+    )
+    assert "daily budget" in row.routing_reason

@@ -190,9 +190,23 @@ async def test_check_budget_holds_or_applies_the_policy():
     assert moved.update["backend"] == "gpu"
     assert "serverless" not in moved.update["allowed_backends"]
 
-    strict = runtime(reservations=FakeReservations(refuse=True), over_budget_policy="reject")
-    with pytest.raises(BudgetExceededError, match="daily budget"):
-        await check_budget(await serverless_state(strict), strict)
+    assert moved.update["budget_refused"] is True  # counted in the reports
+
+    # refused: the request goes to track_usage, which records it and raises the 402
+    refusing = FakeReservations(refuse=True)
+    strict = runtime(reservations=refusing, over_budget_policy="reject")
+    state = {**await serverless_state(strict), "started_at": NOW.timestamp()}
+    refused = await check_budget(state, strict)
+    assert refused.goto == "track_usage"
+    assert refused.update["budget_refused"] is True
+    with pytest.raises(BudgetExceededError, match="daily budget") as raised:
+        await track_usage({**state, **refused.update}, strict)
+    assert raised.value.retry_after_s is not None
+    assert raised.value.retry_after_s > 0
+    ((hold, cost, row),) = refusing.settled
+    assert (hold, cost) == (None, 0.0)
+    assert (row.status, row.budget_refused, row.backend) == ("refused", True, None)
+    assert row.model == state["candidates"]["serverless"]
 
 
 def answered(backend: str, model: str) -> dict[str, Any]:
