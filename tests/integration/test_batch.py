@@ -78,12 +78,12 @@ async def test_a_batch_answers_every_line_under_its_concurrency_limit(
         assert by_id[custom_id]["error"]["code"] == code
     assert "stream" in by_id["streams"]["error"]["message"]
 
-    # one ledger row per line that ran, each as its line's user
+    # one ledger row per line that ran, each as its line's user; the refused one too
     rows = await gateway.rows()
     assert sorted(r.request_id for r in rows) == sorted(
-        o["response"]["request_id"] for o in answered
+        o["response"]["request_id"] for o in [*answered, over]
     )
-    assert {r.user for r in rows} == {"alice"}
+    assert {(r.user, r.status) for r in rows} == {("alice", "ok"), ("bob", "refused")}
     books = await budget_books(services)
     assert "active" not in books["holds"]
     assert books["reserved"] == pytest.approx(0, abs=1e-12)
