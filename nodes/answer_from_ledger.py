@@ -2,7 +2,10 @@
 
 Every figure comes from the reporting functions beside the ledger, the same
 ones the dashboard, ``/usage``, ``/budget`` and the MCP tools show; this step
-only picks the period and the report, and writes the tables.
+only picks the period and the report, and writes the tables. With API keys on,
+a run of a key that is not an admin's reads its own user's and team's rows only
+(:func:`state.reporting.tenants.tenant_of_run`: the graph API writes the key's
+user and team into the run's input).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from nodes.cost_estimate import estimate
 from state.context import Context, Services, resolve_services
 from state.reporting.advice import advice_text, advise
 from state.reporting.money import usd
+from state.reporting.tenants import Tenant, tenant_of_run
 from state.reporting.usage import refusals_text, usage_report
 from state.reporting.windows import named_period
 from state.schemas import ChatState
@@ -35,11 +39,13 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-async def _usage(services: Services, params: dict[str, Any], now: datetime) -> str:
+async def _usage(
+    services: Services, params: dict[str, Any], now: datetime, tenant: Tenant | None
+) -> str:
     start, end, label = period_range(params, now)
     settings, catalog, ledger = services.settings, services.catalog, services.ledger
-    by_model = await usage_report(ledger, settings, catalog, start, end, "model")
-    by_backend = await usage_report(ledger, settings, catalog, start, end, "backend")
+    by_model = await usage_report(ledger, settings, catalog, start, end, "model", tenant)
+    by_backend = await usage_report(ledger, settings, catalog, start, end, "backend", tenant)
     totals = by_model["totals"]
     if not totals["requests"]:
         return f"No requests in the ledger for {label}."
@@ -102,10 +108,12 @@ async def _budget(services: Services, user: str | None, team: str | None) -> str
     return "**Serverless budgets**\n\n" + table(header, rows)
 
 
-async def _comparison(services: Services, params: dict[str, Any], now: datetime) -> str:
+async def _comparison(
+    services: Services, params: dict[str, Any], now: datetime, tenant: Tenant | None
+) -> str:
     start, end, label = period_range(params, now)
     report = await usage_report(
-        services.ledger, services.settings, services.catalog, start, end, "backend"
+        services.ledger, services.settings, services.catalog, start, end, "backend", tenant
     )
     s = report["savings"]
     if not report["totals"]["requests"]:
@@ -138,12 +146,16 @@ async def _comparison(services: Services, params: dict[str, Any], now: datetime)
     )
 
 
-async def _optimize(services: Services, params: dict[str, Any], now: datetime) -> str:
+async def _optimize(
+    services: Services, params: dict[str, Any], now: datetime, tenant: Tenant | None
+) -> str:
     start, end, label = period_range(params, now)
     settings, catalog, ledger = services.settings, services.catalog, services.ledger
-    by_backend = await usage_report(ledger, settings, catalog, start, end, "backend")
-    by_model = await usage_report(ledger, settings, catalog, start, end, "model")
-    budgets = await services.budgets.status()
+    by_backend = await usage_report(ledger, settings, catalog, start, end, "backend", tenant)
+    by_model = await usage_report(ledger, settings, catalog, start, end, "model", tenant)
+    budgets = await (
+        services.budgets.status(tenant.user, tenant.team) if tenant else services.budgets.status()
+    )
     days = max(1, round((end - start).total_seconds() / 86400))
     advice = advise(by_backend, by_model, budgets, settings, catalog, now, days)
     workload = params.get("workload")
@@ -184,19 +196,20 @@ def _estimate(services: Services, params: dict[str, Any]) -> str:
 
 
 async def answer_from_ledger(state: ChatState, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Answer the detected question with the ledger's figures."""
+    """Answer the detected question with the ledger's figures (a key's own, unless an admin's)."""
     services = await resolve_services(runtime.context)
     intent = state["intent"]
     params = state.get("params") or {}
     now = services.clock().astimezone(services.settings.zone)
+    tenant = tenant_of_run(state.get("user"), state.get("team"), services.settings)
     if intent == "usage_report":
-        text = await _usage(services, params, now)
+        text = await _usage(services, params, now, tenant)
     elif intent == "budget_status":
         text = await _budget(services, state.get("user"), state.get("team"))
     elif intent == "cost_comparison":
-        text = await _comparison(services, params, now)
+        text = await _comparison(services, params, now, tenant)
     elif intent == "optimize":
-        text = await _optimize(services, params, now)
+        text = await _optimize(services, params, now, tenant)
     elif intent == "cost_estimate":
         text = _estimate(services, params)
     else:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, and_, or_
 
 from state.ledger import Alert, UsageRecord
+from state.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +55,24 @@ class Tenant:
         if self.team:
             clauses.append(and_(Alert.scope == "team", Alert.scope_key == self.team))
         return or_(*clauses)
+
+
+def tenant_of_run(user: str | None, team: str | None, settings: Settings) -> Tenant | None:
+    """Return whose figures a graph run may read from the ledger (the chat's answers).
+
+    With ``ROUTER_API_KEYS`` on, a run's user and team are its key's (the graph
+    API writes them into the input), so a key that is not an admin's reads its
+    own user's and team's rows only. Without keys, or for an admin, or for an
+    in-process run that names nobody: every row.
+
+    Args:
+        user: The run's user.
+        team: The run's team.
+        settings: The settings (the keys and the admins).
+
+    Returns:
+        The tenant, or None for every row.
+    """
+    if not settings.router_api_keys or not user or user in settings.router_admin_users:
+        return None
+    return Tenant(user, team)

@@ -18,6 +18,7 @@ import pytest
 from starlette.routing import BaseRoute, Mount
 
 from gateway.standalone import create_standalone_app
+from graphs.chat import graph as chat_graph
 from graphs.router import graph
 from state.context import Context, Services
 from tests.conftest import Harness
@@ -219,6 +220,25 @@ async def test_without_keys_chat_is_open_and_reports_and_admin_routes_are_closed
     )  # no budget of alice's was set
     (row,) = await served.rows()  # the chat, recorded
     assert row.status == "ok"
+
+
+async def test_the_chat_graph_answers_a_key_with_its_own_usage(both_up: Harness):
+    services = await both_up.services(router_api_keys=KEYS, router_admin_users="root")
+    for who in ({"user": "alice", "team": "search"}, {"user": "carol", "team": "search"}):
+        await ask_in_process(services, **who)
+    for _ in range(3):
+        await ask_in_process(services, user="bob", team="ads")
+    context = Context(services=services)
+
+    async def usage_as(**who: Any) -> str:
+        asked = {"messages": [{"role": "user", "content": "Analyze Lambda usage for today"}]}
+        answer = await chat_graph.ainvoke({**asked, **who}, context=context)
+        return str(answer["messages"][-1].content)
+
+    # the user and team the graph API writes into a keyed run's input
+    assert ": 2 requests," in await usage_as(user="alice", team="search")
+    assert ": 3 requests," in await usage_as(user="bob", team="ads")
+    assert ": 5 requests," in await usage_as(user="root")  # the admin: everyone's
 
 
 def app_routes(routes: list[BaseRoute], prefix: str = "") -> set[str]:
