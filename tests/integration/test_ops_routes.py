@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -209,7 +210,7 @@ async def test_health_says_why_each_endpoint_takes_traffic_or_not(harness: Harne
     )
     with_secret = failing.replace("http://", "http://operator:hunter2@")
     services = await harness.services(
-        **OPERATOR, gpu_endpoints=[with_secret, small], gpu_cooldown_s=0.3
+        **OPERATOR, gpu_endpoints=[with_secret, small], gpu_cooldown_s=600
     )
     served = await serve(services)
     body = (await served.http.get("/health")).json()
@@ -236,7 +237,9 @@ async def test_health_says_why_each_endpoint_takes_traffic_or_not(harness: Harne
     )
     assert "503" in cooling["reason"]
 
-    await asyncio.sleep(0.35)  # the cool-down runs out: one trial request may go there
+    # the cool-down runs out (a long one, ended here, so a slow machine cannot end it
+    # before the check above): one trial request may go there
+    services.gpu_pool.endpoints[0].cooling_until = time.monotonic()
     on_trial = (await served.http.get("/health")).json()["backends"]["gpu"]["endpoints"][0]
     assert on_trial["status"] == "half_open"
     assert on_trial["taking_traffic"] is True
