@@ -231,7 +231,10 @@ class RouterTools:
         self,
         days: Days = 7,
         group_by: Annotated[
-            GroupBy, Field(description="How to group the figures: by day, model, backend or user.")
+            GroupBy,
+            Field(
+                description="How to group the figures: by day, model, backend, provider or user."
+            ),
         ] = "day",
     ) -> Annotated[CallToolResult, UsageStats]:
         """Report requests, tokens, cost, latency and savings from the ledger, plus the budgets.

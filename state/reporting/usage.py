@@ -46,13 +46,14 @@ from state.settings import Settings
 if TYPE_CHECKING:
     from state.budgets import BudgetBook
 
-GroupBy = Literal["day", "model", "backend", "user"]
-GROUPINGS: tuple[GroupBy, ...] = ("day", "model", "backend", "user")
+GroupBy = Literal["day", "model", "backend", "provider", "user"]
+GROUPINGS: tuple[GroupBy, ...] = ("day", "model", "backend", "provider", "user")
 
 _COLUMNS = (
     UsageRecord.created_at,
     UsageRecord.user,
     UsageRecord.backend,
+    UsageRecord.provider,
     UsageRecord.model,
     UsageRecord.prompt_tokens,
     UsageRecord.completion_tokens,
@@ -210,6 +211,9 @@ async def usage_report(
     for r in rows:
         if group_by == "day":
             key = local_date(r.created_at, zone).isoformat()
+        elif group_by == "provider":
+            # the serverless provider that served it; the pool's rows under "gpu"
+            key = r.provider or (r.backend if r.backend == "gpu" else "(none)")
         else:
             key = getattr(r, group_by) or "(none)"
         groups[key].append(r)

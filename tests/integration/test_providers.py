@@ -7,6 +7,7 @@ says which one served the request.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ import pytest
 from graphs.router import graph
 from state.context import Context
 from state.errors import BackendRejectedError
+from state.reporting.usage import usage_report
 from tests.conftest import TEST_KEY, Harness, StartGateway, budget_books, received
 
 MODEL = "llama3.1-8b-instruct"
@@ -140,6 +142,35 @@ async def test_when_every_provider_fails_the_gpu_pool_serves(harness: Harness):
     (row,) = await context.services.ledger.rows()
     assert (row.backend, row.provider, row.fallbacks) == ("gpu", None, 2)
     assert (await budget_books(context.services))["committed"] == pytest.approx(0.0)
+
+
+async def test_the_usage_report_says_which_provider_spent_what(harness: Harness):
+    gpu_url = await harness.start("gpu")
+    context = await two_providers(
+        harness, {"fail_rate": 1.0, "fail_status": 503}, gpu_endpoints=[gpu_url]
+    )
+    assert context.services is not None
+    services = context.services
+    answers = [
+        await graph.ainvoke({**GREETING, "force_backend": backend}, context=context)
+        for backend in ("serverless", "serverless", "gpu")
+    ]
+    now = services.clock()
+    report = await usage_report(
+        services.ledger,
+        services.settings,
+        services.catalog,
+        now - timedelta(hours=1),
+        now + timedelta(hours=1),
+        "provider",
+    )
+    groups = report["groups"]
+    assert set(groups) == {"beta", "gpu"}
+    assert groups["beta"]["requests"] == 2
+    assert groups["beta"]["cost_usd"] == pytest.approx(
+        sum(cost(BETA_PRICE, a["usage"]) for a in answers[:2])
+    )
+    assert groups["gpu"]["requests"] == 1
 
 
 async def test_the_lambda_settings_still_make_a_provider(both_up: Harness):
