@@ -344,7 +344,7 @@ BAD_USAGE = [
     ({"days": "367"}, "days", "from 1 to 366"),
     ({"days": "seven"}, "days", "whole number of days"),
     ({"days": "1.5"}, "days", "whole number of days"),
-    ({"group_by": "team"}, "group_by", "day, model, backend, user"),
+    ({"group_by": "team"}, "group_by", "day, model, backend, provider, user"),
 ]
 
 
