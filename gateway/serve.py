@@ -159,6 +159,7 @@ def serve(host: str, port: int, workers: int) -> None:
     """
     import uvicorn
 
+    from gateway.header_limits import HeaderLimitedProtocol
     from state.settings import get_settings
 
     if workers < 1:
@@ -195,5 +196,6 @@ def serve(host: str, port: int, workers: int) -> None:
             workers=workers,
             log_level="info",
             lifespan="on",
+            http=HeaderLimitedProtocol,  # MAX_HEADER_BYTES, MAX_HEADER_COUNT: 431 past them
             timeout_graceful_shutdown=10,
         )

@@ -206,6 +206,17 @@ class Settings(BaseSettings):
         description="Largest request body the gateway reads, in bytes; a larger one is "
         "answered 413 before it is read.",
     )
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        description="Largest request line plus headers hybrid-router serve reads, in bytes; "
+        "more is answered 431.",
+    )
+    max_header_count: int = Field(
+        default=100,
+        ge=10,
+        description="Most request headers hybrid-router serve reads; more are answered 431.",
+    )
 
     batch_concurrency: int = Field(
         default=8,

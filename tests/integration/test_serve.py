@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +156,54 @@ async def test_every_worker_answers_the_whole_servers_counts(served, metrics_dir
         assert counted(text, "router_gpu_endpoint_in_flight") == 0
     # both workers counted some of them, each in its own file
     assert len(list(metrics_dir.glob("counter_*.db"))) == 2
+
+
+def answer_to(url: str, head: bytes) -> bytes:
+    """Send raw request bytes to the server; return all it answers before it closes."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            sock.sendall(head)
+        chunks = []
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def assert_431(answer: bytes, names: str) -> None:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 "), answer[:300]
+    assert b"connection: close" in head.lower()
+    error = json.loads(body)["error"]
+    assert error["code"] == "request_header_fields_too_large"
+    assert names in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "names"),
+    [
+        ({"x-big": "a" * 40_000}, "MAX_HEADER_BYTES"),  # one header past 32 KiB
+        ({f"x-h{i}": "v" for i in range(150)}, "MAX_HEADER_COUNT"),  # past 100 headers
+        ({f"x-h{i}": "v" * 400 for i in range(90)}, "MAX_HEADER_BYTES"),  # many, together
+    ],
+)
+async def test_headers_past_a_limit_are_431_and_the_server_serves_on(served, headers, names):
+    url, _ = served
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        refused = await http.post("/v1/chat/completions", json=HELLO, headers=headers)
+        assert refused.status_code == 431
+        error = refused.json()["error"]
+        assert error["code"] == "request_header_fields_too_large"
+        assert names in error["message"]
+        # just under the limits, the same request is served
+        fine = {f"x-h{i}": "v" * 200 for i in range(80)}
+        assert (
+            await http.post("/v1/chat/completions", json=HELLO, headers=fine)
+        ).status_code == 200
+
+
+def test_a_header_that_never_ends_is_cut_off_at_the_limit(served):
+    url, _ = served
+    endless = b"GET /health HTTP/1.1\r\nhost: x\r\nx-endless: " + b"a" * 200_000
+    assert_431(answer_to(url, endless), "MAX_HEADER_BYTES")
