@@ -180,6 +180,12 @@ async def test_sigkill_under_load_loses_no_settled_row_and_leftover_holds_expire
         assert [o.status for o in after] == [200] * 20
         assert set(oks(after)) <= set(books.rows())
         books.assert_balanced()
+    figures = {
+        "answered_200_before_the_kill": len(answered),
+        "cut_off_in_flight": sum(o.status == 0 for o in outcomes),
+        "holds_left_then_expired": left,
+    }
+    print("\ncrash figures:", figures)
 
 
 def terminate_connections(server: ServerProcess | None = None) -> int:
@@ -230,6 +236,12 @@ async def test_database_connections_cut_mid_request_fail_typed_or_succeed_and_se
         assert [o.status for o in after] == [200] * 20
         await books.settle_down()
         books.assert_balanced()
+    figures = {
+        "connections_terminated": terminated,
+        "answered_200": len(answered),
+        "answered_503_ledger_unavailable": len(refused),
+    }
+    print("\nconnection-cut figures:", figures)
 
 
 async def test_a_write_whose_connection_was_dropped_runs_again_on_a_new_one(
