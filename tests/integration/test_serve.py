@@ -190,7 +190,7 @@ def assert_431(answer: bytes, names: str) -> None:
 )
 async def test_headers_past_a_limit_are_431_and_the_server_serves_on(served, headers, names):
     url, _ = served
-    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=10, headers=AUTH) as http:
         refused = await http.post("/v1/chat/completions", json=HELLO, headers=headers)
         assert refused.status_code == 431
         error = refused.json()["error"]
