@@ -21,6 +21,11 @@ from pathlib import Path
 import httpx
 
 APP = "gateway.standalone:app"
+KEEP_ALIVE_S = 75
+"""Seconds an idle client connection is kept open. Longer than the idle timeout of
+clients and load balancers (httpx 5 s, most proxies 60 s), so they close an idle
+connection first: with uvicorn's default of 5 s, a client that reused a connection
+just as the server closed it got no answer to its request."""
 
 
 def _free_port(host: str) -> int:
@@ -197,5 +202,6 @@ def serve(host: str, port: int, workers: int) -> None:
             log_level="info",
             lifespan="on",
             http=HeaderLimitedProtocol,  # MAX_HEADER_BYTES, MAX_HEADER_COUNT: 431 past them
+            timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=10,
         )

@@ -7,6 +7,7 @@ import contextlib
 import json
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -207,3 +208,26 @@ def test_a_header_that_never_ends_is_cut_off_at_the_limit(served):
     url, _ = served
     endless = b"GET /health HTTP/1.1\r\nhost: x\r\nx-endless: " + b"a" * 200_000
     assert_431(answer_to(url, endless), "MAX_HEADER_BYTES")
+
+
+def test_an_idle_connection_outlives_a_clients_idle_timeout(served):
+    # httpx keeps an idle connection 5 s, most proxies 60 s: the server must keep it
+    # longer, or a request sent on it as the server closes it gets no answer at all
+    url, _ = served
+    host, port = url.removeprefix("http://").split(":")
+    request = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        reader = sock.makefile("rb")
+
+        def ask() -> None:
+            sock.sendall(request)
+            assert reader.readline().startswith(b"HTTP/1.1 200")
+            length = 0
+            while (line := reader.readline()) != b"\r\n":
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            reader.read(length)
+
+        ask()
+        time.sleep(6)  # longer than uvicorn's default keep-alive of 5 s
+        ask()  # the same connection still answers
