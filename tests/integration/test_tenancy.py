@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from langgraph_sdk import get_client
 from starlette.routing import BaseRoute, Mount
 
 from gateway.standalone import create_standalone_app
@@ -239,6 +240,16 @@ async def test_the_chat_graph_answers_a_key_with_its_own_usage(both_up: Harness)
     assert ": 2 requests," in await usage_as(user="alice", team="search")
     assert ": 3 requests," in await usage_as(user="bob", team="ads")
     assert ": 5 requests," in await usage_as(user="root")  # the admin: everyone's
+
+
+async def test_without_keys_routing_cannot_be_changed_through_the_server(langgraph_dev: str):
+    client = get_client(url=langgraph_dev)
+    asked = {"messages": [{"role": "user", "content": "Route next 2 queries to GPU for testing"}]}
+    result = await client.runs.wait(None, "chat", input=asked)
+    said = result["messages"][-1]["content"]
+    assert "this router has no API keys" in said
+    assert "ROUTER_ADMIN_USERS=<user>" in said
+    # in-process (the command line, a Python caller) it still may: test_chat_graph.py
 
 
 def app_routes(routes: list[BaseRoute], prefix: str = "") -> set[str]:
