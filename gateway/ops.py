@@ -3,7 +3,8 @@
 - ``GET /health``: each backend's and each GPU endpoint's state
   (:mod:`gateway.health`).
 - ``GET /stats``: today's and this month's requests per backend (and share),
-  requests by status, fallbacks and cost (:func:`state.reporting.usage.routing_stats`:
+  requests by status, fallbacks, cost and the period's accounting (pool bill,
+  idle share, savings) (:func:`state.reporting.usage.routing_stats`:
   calendar day and month in ``BUDGET_TIMEZONE``, the budgets' windows).
 - ``GET /usage?days=N&group_by=day|model|backend|user``:
   :func:`state.reporting.usage.usage_of_last_days`: today and the ``N - 1`` days before.
@@ -108,15 +109,17 @@ class Operations:
               {timezone, generated_at, today: PERIOD, month: PERIOD}, where PERIOD is
               {start, end, requests, by_backend: {serverless|gpu|none: {requests, share,
               cost_usd}}, by_status: {ok, failed, refused, ...}, fallbacks, fallback_rate,
-              refused, budget_refusals, cost_usd};
-              a request counts as a fallback when it tried more than one backend call.
+              refused, budget_refusals, cost_usd, savings}; a request counts as a fallback
+              when it tried more than one backend call; savings is
+              state.reporting.accounting.cost_accounting (spend, the GPU pool's bill for its
+              recorded hours, idle share, baselines, how each is computed).
           '403': {description: no API keys are configured, or another tenant was asked for}
         """
         try:
             services = await self._services()
             tenant = tenant_of(request, services.settings, "GET /stats")
             stats = await routing_stats(
-                services.ledger, services.settings, services.clock(), tenant
+                services.ledger, services.settings, services.catalog, services.clock(), tenant
             )
         except Exception as exc:
             return _error(exc)

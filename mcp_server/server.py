@@ -33,6 +33,7 @@ from graphs.router import graph
 from nodes.cost_estimate import estimate
 from state.context import Context, Services, close_default_services, default_services
 from state.errors import RouterError
+from state.reporting.accounting import accounting_lines
 from state.reporting.advice import Advice, advice_text, cost_advice
 from state.reporting.estimates import Estimate, estimate_text
 from state.reporting.money import usd
@@ -290,11 +291,7 @@ def _usage_text(stats: UsageStats) -> str:
             f"  {key}: {group['requests']} requests, {group['total_tokens']} tokens, "
             f"{usd(group['cost_usd'])}"
         )
-    lines.append(
-        f"actual {usd(savings['actual_usd'])} (serverless {usd(savings['serverless_usd'])} + "
-        f"GPU bill {usd(savings['gpu_bill_usd'])}); all-GPU {usd(savings['all_gpu']['usd'])}; "
-        f"all-serverless {usd(savings['all_serverless']['usd'])}"
-    )
+    lines += accounting_lines(savings)
     for budget in stats["budgets"]:
         owner = "" if budget["scope"] == "global" else f" {budget['scope']} {budget['key']}"
         lines.append(

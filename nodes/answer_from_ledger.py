@@ -18,6 +18,7 @@ from langgraph.runtime import Runtime
 
 from nodes.cost_estimate import estimate
 from state.context import Context, Services, resolve_services
+from state.reporting.accounting import accounting_lines
 from state.reporting.advice import advice_text, advise
 from state.reporting.money import usd
 from state.reporting.tenants import Tenant, tenant_of_run
@@ -86,6 +87,7 @@ async def _usage(
     failed = totals["failed"]
     if failed:
         parts.append(f"\n{failed} request(s) failed ({totals['error_rate']:.1%}).")
+    parts += ["", "**Money**", "", *accounting_lines(by_backend["savings"])]
     return "\n".join(parts)
 
 
@@ -131,13 +133,7 @@ async def _comparison(
             usd(s["all_serverless"]["saved_usd"]),
         ],
     ]
-    how = (
-        f"How it was computed: the router's cost is its serverless spend "
-        f"({usd(s['serverless_usd'])}) plus the GPU pool's bill for the period "
-        f"({usd(s['gpu_bill_usd'])}: endpoints x GPU_HOURLY_COST_USD x {s['hours']:.1f} h). "
-        "All-GPU: enough instances for the busiest hour, for every hour. All-serverless: "
-        "every answered request's tokens at the default serverless model's prices."
-    )
+    how = "How it was computed:\n\n" + "\n".join(accounting_lines(s))
     return (
         f"**Cost comparison for {label}**\n\n"
         + table(["setup", "cost", "the router saved"], rows)

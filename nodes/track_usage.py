@@ -2,8 +2,8 @@
 
 Serverless requests cost their tokens at the price of the provider that served
 them. GPU requests record their share of the pool's instance cost by
-GPU-seconds: the time the
-request held an endpoint, at ``GPU_HOURLY_COST_USD``, divided by the
+GPU-seconds: the time the request held an endpoint, at that endpoint's hourly
+price (``GPU_ENDPOINT_PRICES``, else ``GPU_HOURLY_COST_USD``), divided by the
 ``GPU_CONCURRENCY_PER_ENDPOINT`` requests an instance serves at once. Idle
 instance time is nobody's request; reports show it as the pool's idle cost.
 
@@ -68,7 +68,8 @@ def request_cost(
         return price.cost_usd(usage["prompt_tokens"], usage["completion_tokens"]), 0.0
     settings = services.settings
     gpu_seconds = answered["latency_ms"] / 1000
-    share = gpu_seconds * settings.gpu_hourly_cost_usd / 3600
+    _, hourly = settings.endpoint_price(answered.get("endpoint") or "")
+    share = gpu_seconds * hourly / 3600
     return share / settings.gpu_concurrency_per_endpoint, gpu_seconds
 
 

@@ -29,6 +29,7 @@ from planner.bound import BoundIndex
 from planner.capacity import CapacityModel, simulate_pool
 from planner.policies import POLICIES, Candidates, RouterDecisions, candidates, routes
 from planner.workloads import Workload
+from state.settings import DEFAULT_GPU_HOURLY_USD
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class PlanConfig:
 
     gpus: tuple[int, ...] = tuple(range(9))
     policies: tuple[str, ...] = POLICIES
-    hourly_usd: float = 1.49
+    hourly_usd: float = DEFAULT_GPU_HOURLY_USD
     latency_target_s: float = 2.0
     serverless_ratio: float = 0.8
     old_threshold: str = "high"

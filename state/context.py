@@ -4,8 +4,9 @@ Nodes never reach for module globals; they read ``runtime.context``. A caller
 may pass its own :class:`Context` (tests pass their settings, ledger, clock);
 with none, the process default is built from settings, once per process and
 event loop: HTTP clients (one per serverless provider), the GPU pool, the
-ledger engine and, when neither a serverless provider nor GPU endpoints are
-configured, two local emulators standing in for the two backends.
+ledger engine, the pool's membership heartbeat (:mod:`state.pool_membership`)
+and, when neither a serverless provider nor GPU endpoints are configured, two
+local emulators standing in for the two backends.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from state.alerts import AlertNotifier
 from state.budgets import BudgetBook
 from state.ledger import Ledger, build_engine
 from state.overrides import RoutingOverrides
+from state.pool_membership import PoolHeartbeat, members_of
 from state.reservations import Reservations, expiry_interval
 from state.response_cache import ResponseCache, build_cache
 from state.settings import Settings, get_settings
@@ -59,6 +61,7 @@ class Services:
     alerts: AlertNotifier
     clock: Callable[[], datetime] = utc_now
     emulated: bool = False
+    heartbeat: PoolHeartbeat | None = None
     _exit_stack: contextlib.AsyncExitStack | None = None
 
     async def aclose(self) -> None:
@@ -66,6 +69,8 @@ class Services:
         await self.alerts.drain()
         await self.reservations.aclose()
         await self.gpu_pool.aclose()
+        if self.heartbeat is not None:
+            await self.heartbeat.aclose()
         await self.http.aclose()
         await self.cache.aclose()
         await self.ledger.aclose()
@@ -157,6 +162,9 @@ async def build_services(
     budgets = BudgetBook(ledger, settings, clock)
     reservations = Reservations(budgets, ledger, settings.budget_estimate_margin)
     reservations.start_expiry(expiry_interval(settings.reservation_ttl_s))
+    # the hours the pool is charged for: recorded in the background, off the request path
+    heartbeat = PoolHeartbeat(ledger, members_of(settings), clock, settings.gpu_heartbeat_s)
+    await heartbeat.start()
     return Services(
         settings=settings,
         catalog=catalog,
@@ -171,6 +179,7 @@ async def build_services(
         alerts=AlertNotifier(http, settings.alert_webhook_url, ledger),
         clock=clock,
         emulated=emulated,
+        heartbeat=heartbeat,
         _exit_stack=stack,
     )
 

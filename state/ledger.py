@@ -2,10 +2,12 @@
 
 Tables: one ``usage_records`` row per request; ``budget_counters`` with the
 committed and reserved spend of every budget window; ``reservations`` held by
-requests in flight; ``budgets`` set through the API; ``alerts`` raised; and
-``routing_overrides``. The schema is created and upgraded by the Alembic
-migrations in ``state/migrations`` (``hybrid-router migrate``), applied
-automatically on first use unless ``AUTO_MIGRATE=false``.
+requests in flight; ``budgets`` set through the API; ``alerts`` raised;
+``routing_overrides``; ``gpu_pool_intervals``, the hours each GPU endpoint was
+in the pool; and ``capacity_plans``, the planner's runs on the ledger's own
+trace. The schema is created and upgraded by the Alembic migrations in
+``state/migrations`` (``hybrid-router migrate``), applied automatically on
+first use unless ``AUTO_MIGRATE=false``.
 
 Reads go through the async engine. Writes are functions of one synchronous
 connection, run as one transaction by :meth:`Ledger.write`: on PostgreSQL in
@@ -186,6 +188,38 @@ class RoutingOverride(Base):
     note: Mapped[str] = mapped_column(Text, default="")
     condition: Mapped[str | None] = mapped_column(String(8))
     cleared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PoolInterval(Base):
+    """A stretch of time one router process had one GPU endpoint in its pool.
+
+    Written by :mod:`state.pool_membership`: ``last_seen_at`` moves with each
+    heartbeat, ``ended_at`` is set when the process stops. Reports charge an
+    endpoint's hours from these rows (overlaps from several processes merged).
+    """
+
+    __tablename__ = "gpu_pool_intervals"
+    __table_args__ = (Index("ix_gpu_pool_intervals_last_seen_at", "last_seen_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    endpoint: Mapped[str] = mapped_column(String(255))  # the URL without credentials
+    instance_type: Mapped[str] = mapped_column(String(64))
+    hourly_usd: Mapped[float] = mapped_column(Float)
+    process: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class CapacityPlan(Base):
+    """A capacity plan (``hybrid-router simulate --from-ledger``) kept for the dashboard."""
+
+    __tablename__ = "capacity_plans"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    source: Mapped[str] = mapped_column(Text)
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 _USAGE_COLUMNS = [c for c in UsageRecord.__table__.columns if c.key != "id"]

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -37,12 +38,29 @@ DEFAULT_DATABASE_URL = "sqlite:///./data/router.db"
 
 OverBudgetPolicy = Literal["gpu", "downgrade", "reject"]
 
+DEFAULT_GPU_HOURLY_USD = 2.29
+"""One GH200 instance an hour, USD: public GH200 rental records, August to October 2026.
+
+The records are the ones the project's issue #14 read (the earlier default,
+$1.49, was older); no single public page with this figure is cited. Set
+``GPU_HOURLY_COST_USD`` (or ``GPU_ENDPOINT_PRICES``) to what you pay.
+"""
+
 
 class BudgetLimits(BaseModel):
     """A daily and a monthly limit in USD; None means no limit for that window."""
 
     daily: float | None = Field(default=None, ge=0.0)
     monthly: float | None = Field(default=None, ge=0.0)
+
+
+class EndpointPrice(BaseModel):
+    """One GPU endpoint's instance type and hourly price (``GPU_ENDPOINT_PRICES``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instance_type: str | None = Field(default=None, min_length=1, max_length=64)
+    hourly_usd: float = Field(ge=0.0)
 
 
 class Settings(BaseSettings):
@@ -139,7 +157,22 @@ class Settings(BaseSettings):
     )
     gpu_instance_type: str = Field(default="gh200", description="GPU instance type of the pool.")
     gpu_hourly_cost_usd: float = Field(
-        default=1.49, ge=0.0, description="Cost of one GPU instance per hour, USD."
+        default=DEFAULT_GPU_HOURLY_USD,
+        ge=0.0,
+        description="Cost of one GPU instance per hour, USD, for endpoints without a price "
+        "in GPU_ENDPOINT_PRICES. Default: one GH200 (public rental records, Aug-Oct 2026).",
+    )
+    gpu_endpoint_prices: dict[str, EndpointPrice] = Field(
+        default_factory=dict,
+        description='Per-endpoint instance type and price, JSON: {"http://10.0.0.5:8000/v1": '
+        '{"instance_type": "h100", "hourly_usd": 2.99}}; an endpoint left out costs '
+        "GPU_HOURLY_COST_USD as GPU_INSTANCE_TYPE.",
+    )
+    gpu_heartbeat_s: float = Field(
+        default=60.0,
+        gt=0.0,
+        description="Seconds between the pool-membership heartbeats the router writes to the "
+        "ledger (the hours the pool is charged for).",
     )
     gpu_concurrency_per_endpoint: int = Field(
         default=16,
@@ -319,6 +352,28 @@ class Settings(BaseSettings):
                     "give base URLs such as http://10.0.0.5:8000/v1, comma-separated"
                 )
         return [url.rstrip("/") for url in value]
+
+    @field_validator("gpu_endpoint_prices")
+    @classmethod
+    def _strip_price_urls(cls, value: dict[str, EndpointPrice]) -> dict[str, EndpointPrice]:
+        return {url.rstrip("/"): price for url, price in value.items()}
+
+    @model_validator(mode="after")
+    def _priced_endpoints_exist(self) -> Settings:
+        unknown = sorted(set(self.gpu_endpoint_prices) - set(self.gpu_endpoints))
+        if unknown:
+            raise ValueError(
+                f"GPU_ENDPOINT_PRICES names {unknown[0]!r}, which is not in GPU_ENDPOINTS; "
+                "key each price by one of the GPU_ENDPOINTS URLs exactly"
+            )
+        return self
+
+    def endpoint_price(self, url: str) -> tuple[str, float]:
+        """Return the instance type and hourly USD price of the GPU endpoint at ``url``."""
+        price = self.gpu_endpoint_prices.get(url.rstrip("/"))
+        if price is None:
+            return self.gpu_instance_type, self.gpu_hourly_cost_usd
+        return price.instance_type or self.gpu_instance_type, price.hourly_usd
 
     @field_validator("lambda_api_base")
     @classmethod

@@ -447,3 +447,26 @@ async def send_load(
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return outcomes
+
+
+# -- the GPU pool's recorded hours -------------------------------------------------------
+
+
+async def record_pool(
+    services: Services,
+    start: Any,
+    end: Any,
+    *,
+    endpoint: str = "http://10.0.0.5:8000/v1",
+    hourly_usd: float | None = None,
+    process: str = "test-worker",
+) -> None:
+    """Record that ``endpoint`` was in the pool from ``start`` to ``end`` (closed interval).
+
+    At its configured instance type and price unless ``hourly_usd`` is given.
+    """
+    from state.pool_membership import Member, record_interval
+
+    instance_type, configured = services.settings.endpoint_price(endpoint)
+    member = Member(endpoint, instance_type, configured if hourly_usd is None else hourly_usd)
+    await services.ledger.write(lambda conn: record_interval(conn, member, start, end, process))

@@ -730,10 +730,37 @@
       ).join(" · "),
     );
     const hours = num(data.savings.hours).toLocaleString("en-US", { maximumFractionDigits: 1 });
+    const pool = data.savings.pool;
+    const idle = pool.idle_share === null ? "no paid hours" : `${pct(pool.idle_share)} idle`;
     setText(
       "savings-hint",
-      `over ${hours} h: actual (serverless + GPU pool bill) vs all on GPUs, all serverless`,
+      `over ${hours} h: actual (serverless + GPU pool bill for ` +
+        `${num(pool.paid_instance_hours).toFixed(2)} instance-hours, ${idle}) ` +
+        "vs all on GPUs, all serverless",
     );
+    return renderHow(data.savings.how);
+  }
+
+  /** One line per figure saying how it was computed (state/reporting/accounting.py). */
+  function renderHow(how) {
+    const names = [
+      ["actual", "Spend"],
+      ["gpu_bill", "GPU pool bill"],
+      ["idle_share", "Idle share"],
+      ["all_gpu", "All on GPUs"],
+      ["all_serverless", "All serverless"],
+    ];
+    const items = names
+      .filter(([key]) => how && how[key])
+      .map(([key, label]) => {
+        const li = document.createElement("li");
+        const strong = document.createElement("strong");
+        strong.textContent = `${label}: `;
+        li.append(strong, how[key]);
+        return li;
+      });
+    field("savings-how").replaceChildren(...items);
+    return { lines: items.length };
   }
 
   function render(data) {
@@ -741,7 +768,7 @@
     renderHeader(data);
     const cards = renderCards(data);
     const alerts = renderAlerts(data.alerts);
-    renderCaptions(data);
+    const how = renderCaptions(data);
     if (!charts.spend) {
       charts.spend = spendChart();
       charts.split = splitChart();
@@ -757,7 +784,7 @@
       spend: renderSpend(charts.spend, data.spend),
       split: renderSplit(charts.split, data.split),
       latency: renderLatency(charts.latency, data.latency),
-      savings: renderSavings(charts.savings, data.savings),
+      savings: { ...renderSavings(charts.savings, data.savings), how },
       alerts,
     };
     document.getElementById("drawn").textContent = JSON.stringify(drawn);

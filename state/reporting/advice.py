@@ -102,6 +102,8 @@ def figures_of(
         "gpu_allocated_usd": allocated,
         "gpu_idle_usd": max(0.0, bill - allocated),
         "gpu_utilization": allocated / bill if bill > 0 else None,
+        "gpu_paid_instance_hours": savings["pool"]["paid_instance_hours"],
+        "gpu_idle_share": savings["pool"]["idle_share"],
         "actual_usd": savings["actual_usd"],
         "actual_usd_per_month": per_month(savings["actual_usd"], hours),
         "all_gpu_instances": savings["all_gpu"]["instances"],

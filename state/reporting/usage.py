@@ -2,16 +2,10 @@
 
 Rows of a time range are read with one query and aggregated here, so both
 databases give identical answers (percentiles are nearest-rank). Savings are
-measured against two baselines:
-
-- all on dedicated GPUs: enough instances for the busiest hour (its GPU-seconds
-  over ``GPU_CONCURRENCY_PER_ENDPOINT`` concurrent requests an instance
-  serves), paid for every hour of the range;
-- all on the default serverless model: every answered request's tokens at that
-  model's prices.
-
-The actual cost is the serverless spend plus the GPU pool's bill (its
-endpoints at the hourly price over the range), so idle GPU time is counted.
+the range's money as :func:`state.reporting.accounting.cost_accounting`
+computes it for every surface: the serverless spend plus the GPU pool's bill
+for the hours the ledger recorded the pool (idle time in them included), and
+the all-GPU and all-serverless baselines, each with how it was computed.
 
 :func:`usage_report` is the report of any range; :func:`usage_of_last_days`
 (``GET /usage``), :func:`usage_stats` (the MCP tool ``get_usage_stats``) and
@@ -24,7 +18,7 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import case, func, select
@@ -32,9 +26,9 @@ from typing_extensions import TypedDict
 
 from backends.catalog import Catalog
 from state.ledger import Ledger, UsageRecord
+from state.reporting.accounting import cost_accounting, pool_intervals
 from state.reporting.tenants import Tenant
 from state.reporting.windows import (
-    as_utc,
     calendar_windows,
     last_days,
     local_date,
@@ -137,46 +131,6 @@ def refusals_text(figures: dict[str, Any]) -> str:
     )
 
 
-def savings(
-    rows: list[Any], start: datetime, end: datetime, settings: Settings, catalog: Catalog
-) -> dict[str, Any]:
-    """Compare the actual cost with the all-GPU and all-serverless baselines."""
-    hours = max((end - start).total_seconds() / 3600, 0.0)
-    hourly = settings.gpu_hourly_cost_usd
-    answered = [r for r in rows if r.status == "ok"]
-    serverless_usd = sum(r.cost_usd for r in answered if r.backend == "serverless")
-    gpu_bill = len(settings.gpu_endpoints) * hourly * hours
-    busy: dict[datetime, float] = defaultdict(float)
-    for r in answered:
-        hour = as_utc(r.created_at).replace(minute=0, second=0, microsecond=0)
-        busy[hour] += r.latency_ms / 1000
-    peak_gpu_seconds = max(busy.values(), default=0.0)
-    per_instance_hour = 3600 * settings.gpu_concurrency_per_endpoint
-    instances = max(1, math.ceil(peak_gpu_seconds / per_instance_hour)) if answered else 0
-    all_gpu = instances * hourly * hours
-    default = catalog.by_id[catalog.default_serverless_model]
-    all_serverless = sum(default.cost_usd(r.prompt_tokens, r.completion_tokens) for r in answered)
-    actual = serverless_usd + gpu_bill
-    return {
-        "hours": hours,
-        "actual_usd": actual,
-        "serverless_usd": serverless_usd,
-        "gpu_bill_usd": gpu_bill,
-        "gpu_allocated_usd": sum(r.cost_usd for r in answered if r.backend == "gpu"),
-        "all_gpu": {
-            "instances": instances,
-            "peak_hour_gpu_seconds": peak_gpu_seconds,
-            "usd": all_gpu,
-            "saved_usd": all_gpu - actual,
-        },
-        "all_serverless": {
-            "model": default.id,
-            "usd": all_serverless,
-            "saved_usd": all_serverless - actual,
-        },
-    }
-
-
 async def usage_report(
     ledger: Ledger,
     settings: Settings,
@@ -206,6 +160,8 @@ async def usage_report(
         query = query.where(tenant.usage_filter())
     async with ledger.engine.connect() as conn:
         rows = (await conn.execute(query)).all()
+    # the pool is shared: its bill is the operator's, not one tenant's
+    intervals = [] if tenant is not None else await pool_intervals(ledger, settings, start, end)
     zone = settings.zone
     groups: dict[str, list[Any]] = defaultdict(list)
     for r in rows:
@@ -223,7 +179,9 @@ async def usage_report(
         "group_by": group_by,
         "totals": summarize(rows),
         "groups": {key: summarize(group) for key, group in sorted(groups.items())},
-        "savings": savings(list(rows), start, end, settings, catalog),
+        "savings": cost_accounting(
+            rows, intervals, start, end, settings, catalog, tenant_view=tenant is not None
+        ),
     }
 
 
@@ -329,9 +287,17 @@ def _routing_of(rows: list[Any], start: datetime, end: datetime) -> dict[str, An
 
 
 async def routing_stats(
-    ledger: Ledger, settings: Settings, now: datetime, tenant: Tenant | None = None
+    ledger: Ledger,
+    settings: Settings,
+    catalog: Catalog,
+    now: datetime,
+    tenant: Tenant | None = None,
 ) -> dict[str, Any]:
-    """Return today's and this month's routing split, statuses, fallbacks and cost (``/stats``).
+    """Return today's and this month's routing split, statuses, fallbacks, cost and savings.
+
+    The figures of ``GET /stats``; ``savings`` is each period's
+    :func:`state.reporting.accounting.cost_accounting` (spend, the GPU pool's
+    bill for its recorded hours, idle share, baselines), as every report shows it.
 
     A request counts as a fallback when it tried more than one backend call;
     ``refused`` counts the 402s (status ``refused``), ``budget_refusals`` every
@@ -341,13 +307,14 @@ async def routing_stats(
     Args:
         ledger: The ledger.
         settings: The settings (``BUDGET_TIMEZONE``).
+        catalog: The model catalog (the all-serverless baseline's prices).
         now: The current time.
         tenant: Whose rows (None: everyone's).
 
     Returns:
         ``{timezone, generated_at, today: PERIOD, month: PERIOD}``, where PERIOD
         is ``{start, end, requests, by_backend, by_status, fallbacks,
-        fallback_rate, refused, budget_refusals, cost_usd}``.
+        fallback_rate, refused, budget_refusals, cost_usd, savings}``.
     """
     calendar = calendar_windows(now, settings.zone)
     periods = {
@@ -377,4 +344,9 @@ async def routing_stats(
                 query = query.where(tenant.usage_filter())
             rows = list((await conn.execute(query)).all())
             figures[name] = _routing_of(rows, start, end)
+    for name, (start, _end) in periods.items():
+        # a period that has not ended yet is reported up to now
+        until = max(now, start + timedelta(microseconds=1))
+        report = await usage_report(ledger, settings, catalog, start, until, "backend", tenant)
+        figures[name]["savings"] = report["savings"]
     return {"timezone": settings.budget_timezone, "generated_at": now.isoformat(), **figures}

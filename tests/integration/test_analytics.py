@@ -9,7 +9,7 @@ import pytest
 
 from state.ledger import UsageRecord
 from state.reporting.usage import usage_report
-from tests.conftest import Harness
+from tests.conftest import Harness, record_pool
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -102,6 +102,7 @@ async def test_savings_against_both_baselines(harness: Harness, database):
     for row in rows:
         await services.ledger.record(row)
     end = START + timedelta(days=3)
+    await record_pool(services, START, end)  # the pool ran the whole range
     report = await usage_report(services.ledger, settings, catalog, START, end)
     s = report["savings"]
     answered = [r for r in rows if r.status == "ok"]
