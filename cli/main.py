@@ -1,4 +1,8 @@
-"""The ``hybrid-router`` command: ``ask`` runs the graph once, ``emulate`` serves an emulator."""
+"""The ``hybrid-router`` command: ``ask`` runs the graph once, ``emulate`` serves an emulator.
+
+Also ``serve``, ``mcp``, ``migrate``, and the planner's ``simulate`` and
+``export-trace`` (:mod:`planner.cli`).
+"""
 
 from __future__ import annotations
 
@@ -256,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             return planner_cli.run(args)
+        if args.command == "export-trace":
+            return planner_cli.run_export(args)
         if args.command == "emulate":
             _emulate(args)
             return 0

@@ -85,27 +85,7 @@ def markdown(plan: Plan) -> str:
         for m in plan.marginal
     ]
     lines += ["", f"The rule keeps {plan.marginal_gpus} GPUs.", "", "## Recommendation", ""]
-    current = plan.current
-    current_text = (
-        f"{LABELS.get(current.policy, current.policy)} on {current.gpus} GPUs, "
-        f"{usd(current.month_cost_usd)} a month"
-    )
-    if plan.best is None:
-        lines.append(
-            f"No setup meets the latency target ({cfg.latency_target_s * 1000:.0f} ms to the "
-            "first token for all but "
-            f"{cfg.late_share_allowed:.0%} of requests). Current setup: {current_text}."
-        )
-    else:
-        best = plan.best
-        saving = plan.saving_usd or 0.0
-        share = saving / current.month_cost_usd if current.month_cost_usd else 0.0
-        lines.append(
-            f"Keep **{best.gpus} GPUs** with **{LABELS.get(best.policy, best.policy)}**: "
-            f"{usd(best.month_cost_usd)} a month, first token p95 {_seconds(best.ttft_p95_s)}, "
-            f"{best.late_share:.1%} of requests over the target. Against the current setup "
-            f"({current_text}) that saves {usd(saving)} a month ({share:.0%})."
-        )
+    lines.append(recommendation(plan))
     lines += ["", "Assumptions:", ""] + [f"- {a}" for a in plan.assumptions]
     lines += [
         "",
@@ -113,6 +93,81 @@ def markdown(plan: Plan) -> str:
         f"({len(plan.runs)} runs; decide_backend called {plan.decide_backend_calls} times).",
     ]
     return "\n".join(lines)
+
+
+def recommendation(plan: Plan) -> str:
+    """Say which setup to keep and what it saves against the current one (Markdown)."""
+    cfg = plan.config
+    current = plan.current
+    current_text = (
+        f"{LABELS.get(current.policy, current.policy)} on {current.gpus} GPUs, "
+        f"{usd(current.month_cost_usd)} a month"
+    )
+    if plan.best is None:
+        return (
+            f"No setup meets the latency target ({cfg.latency_target_s * 1000:.0f} ms to the "
+            "first token for all but "
+            f"{cfg.late_share_allowed:.0%} of requests). Current setup: {current_text}."
+        )
+    best = plan.best
+    saving = plan.saving_usd or 0.0
+    share = saving / current.month_cost_usd if current.month_cost_usd else 0.0
+    return (
+        f"Keep **{best.gpus} GPUs** with **{LABELS.get(best.policy, best.policy)}**: "
+        f"{usd(best.month_cost_usd)} a month, first token p95 {_seconds(best.ttft_p95_s)}, "
+        f"{best.late_share:.1%} of requests over the target. Against the current setup "
+        f"({current_text}) that saves {usd(saving)} a month ({share:.0%})."
+    )
+
+
+def chart_data(plan: Plan) -> dict[str, Any]:
+    """Return what a chart of the plan draws, as JSON-ready data (the dashboard's).
+
+    Monthly cost against GPU count for each policy (with whether each run
+    meets the latency target), the lower bound for setups that meet it, the
+    recommended run and the current setup, and the recommendation's text.
+    """
+    cfg = plan.config
+    series = []
+    for policy in cfg.policies:
+        runs = sorted((r for r in plan.runs if r.policy == policy), key=lambda r: r.gpus)
+        if runs:
+            series.append(
+                {
+                    "policy": policy,
+                    "label": LABELS.get(policy, policy),
+                    "gpus": [r.gpus for r in runs],
+                    "month_usd": [r.month_cost_usd for r in runs],
+                    "meets_target": [r.meets_target for r in runs],
+                }
+            )
+    counts = sorted(plan.target_bound_usd)
+
+    def run_of(run: Run | None) -> dict[str, Any] | None:
+        if run is None:
+            return None
+        label = LABELS.get(run.policy, run.policy)
+        return {
+            "policy": run.policy,
+            "label": label,
+            "gpus": run.gpus,
+            "month_usd": run.month_cost_usd,
+        }
+
+    return {
+        "workload": plan.workload,
+        "requests": plan.requests,
+        "period_hours": plan.period_hours,
+        "month_days": cfg.month_days,
+        "hourly_usd": cfg.hourly_usd,
+        "latency_target_ms": cfg.latency_target_s * 1000,
+        "series": series,
+        "bound": {"gpus": counts, "month_usd": [plan.target_bound_usd[n] for n in counts]},
+        "best": run_of(plan.best),
+        "current": run_of(plan.current),
+        "saving_usd": plan.saving_usd,
+        "recommendation": recommendation(plan),
+    }
 
 
 def to_json(plan: Plan) -> dict[str, Any]:

@@ -257,6 +257,24 @@ def load_trace(
 ) -> Workload:
     """Read a JSONL or CSV trace into a workload; raise TraceError naming a bad line."""
     path = Path(path)
+    return trace_workload(
+        _rows(path), str(path), catalog=catalog, cost_priority=cost_priority, seed=seed
+    )
+
+
+def trace_workload(
+    rows: Iterable[tuple[int, Mapping[str, Any]]],
+    source: str,
+    *,
+    catalog: Catalog | None = None,
+    cost_priority: CostPriority = "balanced",
+    seed: int = 0,
+) -> Workload:
+    """Turn trace rows, ``(line number, row)``, into a workload; ``source`` names them in errors.
+
+    The rows of a file (:func:`load_trace`) or of the ledger
+    (:func:`state.reporting.trace.ledger_trace`) read the same way.
+    """
     catalog = catalog or get_catalog()
     ids = catalog.ids()
     stamps: list[float] = []
@@ -264,7 +282,7 @@ def load_trace(
     outputs: list[int] = []
     levels: list[int] = []
     models: list[int] = []
-    for number, row in _rows(path):
+    for number, row in rows:
         try:
             stamps.append(_timestamp(row.get("timestamp")))
             prompts.append(_tokens(row, "prompt_tokens"))
@@ -272,11 +290,11 @@ def load_trace(
             levels.append(_parse_level(row.get("complexity_level")))
             models.append(_parse_model(row.get("model"), ids))
         except (ValueError, TypeError) as exc:
-            raise TraceError(f"{path}, line {number}: {exc}") from None
+            raise TraceError(f"{source}, line {number}: {exc}") from None
     if not stamps:
-        raise TraceError(f"{path}: no requests (expected JSONL or CSV with a header line)")
+        raise TraceError(f"{source}: no requests (expected JSONL or CSV with a header line)")
     columns = (stamps, prompts, outputs, levels, models)
-    return _from_columns(path, catalog, cost_priority, seed, *columns)
+    return _from_columns(source, catalog, cost_priority, seed, *columns)
 
 
 def _parse_level(value: Any) -> int:
@@ -299,7 +317,7 @@ def _parse_model(value: Any, ids: list[str]) -> int:
 
 
 def _from_columns(
-    path: Path,
+    source: str,
     catalog: Catalog,
     cost_priority: CostPriority,
     seed: int,
@@ -336,5 +354,6 @@ def _from_columns(
         duration_s=duration,
         start=datetime.fromtimestamp(float(stamp[0]), UTC),
         model_ids=tuple(catalog.ids()),
-        description=f"trace {path.name}: {stamp.size} requests over {duration / 3600:.0f} h",
+        description=f"trace {Path(source).name}: {stamp.size} requests over "
+        f"{duration / 3600:.0f} h",
     )

@@ -157,6 +157,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# -- the hybrid-router command in a subprocess ----------------------------------------
+
+BIN = Path(sys.executable).parent / "hybrid-router"
+
+
+def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"LAMBDA_API_KEY", "GPU_ENDPOINTS", "DATABASE_URL", "LAMBDA_API_BASE"}
+    }
+    env.update(DATABASE_URL=f"sqlite:///{tmp_path}/ledger.db", EMULATOR_TTFT_MS="0", **extra)
+    return env
+
+
+def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN), *args],
+        env=clean_env(tmp_path, **env),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 ROUTER_ENV_KEYS = {"LAMBDA_API_KEY", "GPU_ENDPOINTS", "DATABASE_URL", "ROUTER_API_KEYS"}
 
 

@@ -517,6 +517,115 @@
     });
   }
 
+  // The capacity plan's lines, by policy (planner/report.py chart_data).
+  const PLAN_COLORS = {
+    router: "#16a34a",
+    old_split: "#a855f7",
+    all_gpu: COLORS.gpu,
+    all_serverless: COLORS.serverless,
+  };
+
+  function planChart() {
+    return new Chart(document.getElementById("chart-plan"), {
+      type: "line",
+      data: { datasets: [] },
+      options: {
+        parsing: false,
+        scales: {
+          x: { type: "linear", title: axisTitle("Dedicated GPUs"), ticks: { stepSize: 1, precision: 0 } },
+          y: {
+            beginAtZero: true,
+            grace: "5%",
+            title: axisTitle("Cost per month ($)"),
+            ticks: { callback: (v) => usdTick(v) },
+          },
+        },
+        plugins: {
+          legend: legend(),
+          tooltip: {
+            callbacks: {
+              label: (ctx) => ` ${ctx.dataset.label}: ${usd(ctx.parsed.y)} with ${ctx.parsed.x} GPUs`,
+            },
+          },
+        },
+      },
+    });
+  }
+
+  /** Draws the last capacity plan: a line per policy, the bound dashed, the pick starred. */
+  function renderPlan(chart, plan) {
+    if (!plan) {
+      chart.data.datasets = [];
+      chart.update();
+      return { series: 0, points: 0, bound_points: 0, best: null };
+    }
+    const counts = plan.bound.gpus;
+    const lo = Math.min(...counts);
+    const hi = Math.max(...counts);
+    const datasets = plan.series.map((s) => {
+      const color = PLAN_COLORS[s.policy] || COLORS.muted;
+      const level = s.policy === "all_serverless";
+      const data = level
+        ? [lo, hi].map((x) => ({ x, y: num(s.month_usd[0]) }))
+        : s.gpus.map((x, i) => ({ x, y: num(s.month_usd[i]) }));
+      return {
+        label: s.label,
+        data,
+        borderColor: color,
+        backgroundColor: color,
+        borderDash: level ? [2, 4] : [],
+        pointRadius: level ? 0 : 3,
+        // a run that misses the latency target is drawn as a cross
+        pointStyle: level ? "circle" : s.meets_target.map((ok) => (ok ? "circle" : "crossRot")),
+        tension: 0,
+      };
+    });
+    datasets.push({
+      label: "lower bound (meets the latency target)",
+      data: counts.map((x, i) => ({ x, y: num(plan.bound.month_usd[i]) })),
+      borderColor: COLORS.ink,
+      backgroundColor: COLORS.ink,
+      borderDash: [6, 4],
+      pointRadius: 0,
+      tension: 0,
+    });
+    if (plan.best) {
+      datasets.push({
+        label: `recommended: ${plan.best.gpus} GPUs, ${plan.best.label}`,
+        data: [{ x: plan.best.gpus, y: num(plan.best.month_usd) }],
+        borderColor: "#ca8a04",
+        backgroundColor: "#facc15",
+        pointStyle: "star",
+        pointRadius: 10,
+        showLine: false,
+      });
+    }
+    chart.data.datasets = datasets;
+    chart.update();
+    const when = new Date(plan.created_at).toLocaleString("en-US", {
+      month: "short",
+      day: "numeric",
+      hour: "2-digit",
+      minute: "2-digit",
+      hourCycle: "h23",
+    });
+    setText(
+      "plan-caption",
+      `${String(plan.recommendation).replace(/\*\*/g, "")} (${count(plan.requests)} requests: ` +
+        `${plan.source}; simulated ${when}; ${usd(plan.hourly_usd)} per GPU-hour)`,
+    );
+    const lines = datasets.slice(0, plan.series.length);
+    return {
+      series: plan.series.length,
+      points: linePoints(chart),
+      bound_points: counts.length,
+      best: plan.best ? { gpus: plan.best.gpus, month_usd: num(plan.best.month_usd) } : null,
+      month_usd: Object.fromEntries(
+        plan.series.map((s, i) => [s.policy, lines[i].data.map((p) => p.y)]),
+      ),
+    };
+  }
+
   // ---------------------------------------------------------------- rendering
 
   function budgetWindow(budgets, period) {
@@ -774,6 +883,7 @@
       charts.split = splitChart();
       charts.latency = latencyChart();
       charts.savings = savingsChart();
+      charts.plan = planChart();
       state.chartsBuilt += 1;
     }
     const drawn = {
@@ -785,6 +895,7 @@
       split: renderSplit(charts.split, data.split),
       latency: renderLatency(charts.latency, data.latency),
       savings: { ...renderSavings(charts.savings, data.savings), how },
+      plan: renderPlan(charts.plan, data.capacity_plan),
       alerts,
     };
     document.getElementById("drawn").textContent = JSON.stringify(drawn);

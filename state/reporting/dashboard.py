@@ -3,7 +3,9 @@
 :func:`dashboard_data` gathers everything the page draws for the last ``days``
 calendar days in ``BUDGET_TIMEZONE``: the usage report of the range (totals,
 per-backend figures, savings), the daily series of spend by backend and the
-month-to-date serverless spend, the budgets' status and the newest alerts.
+month-to-date serverless spend, the budgets' status, the newest alerts, and
+the last capacity plan of the ledger's own trace (``hybrid-router simulate
+--from-ledger``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sqlalchemy import select
 from backends.catalog import Catalog
 from state.ledger import Alert, Ledger, UsageRecord
 from state.reporting.tenants import Tenant
+from state.reporting.trace import latest_plan
 from state.reporting.usage import summarize, usage_report
 from state.reporting.windows import as_utc, last_days, local_date
 from state.schemas import BACKENDS
@@ -151,7 +154,8 @@ async def dashboard_data(
         A JSON-ready mapping with the keys ``generated_at``, ``range``,
         ``emulated``, ``spend`` (the daily series and the budget lines),
         ``split`` and ``latency`` (per backend), ``totals``, ``savings``,
-        ``budgets`` and ``alerts``.
+        ``budgets``, ``alerts`` and ``capacity_plan`` (the last plan of the
+        ledger's own trace, :func:`state.reporting.trace.latest_plan`, or None).
 
     Raises:
         ValueError: ``days`` is out of range.
@@ -163,6 +167,8 @@ async def dashboard_data(
     series = await daily_series(ledger, settings, end, day_list, tenant)
     status = await (budgets.status(tenant.user, tenant.team) if tenant else budgets.status())
     alerts = await recent_alerts(ledger, tenant=tenant)
+    # the plan is of the whole ledger's traffic: the operator's, not a tenant's
+    plan = None if tenant is not None else await latest_plan(ledger)
     groups = report["groups"]
     per_backend = {name: groups.get(name) or summarize([]) for name in BACKENDS}
     unanswered = groups.get("(none)") or summarize([])
@@ -200,4 +206,5 @@ async def dashboard_data(
         "savings": report["savings"],
         "budgets": status,
         "alerts": alerts,
+        "capacity_plan": plan,
     }

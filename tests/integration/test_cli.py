@@ -3,38 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from tests.conftest import free_port
-
-BIN = Path(sys.executable).parent / "hybrid-router"
-
-
-def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"LAMBDA_API_KEY", "GPU_ENDPOINTS", "DATABASE_URL", "LAMBDA_API_BASE"}
-    }
-    env.update(DATABASE_URL=f"sqlite:///{tmp_path}/ledger.db", EMULATOR_TTFT_MS="0", **extra)
-    return env
-
-
-def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN), *args],
-        env=clean_env(tmp_path, **env),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from state.ledger import UsageRecord
+from state.reporting.trace import latest_plan
+from tests.conftest import BIN, Harness, free_port, run_cli
 
 
 def test_ask_runs_on_emulators_when_nothing_is_configured(tmp_path: Path):
@@ -148,3 +127,92 @@ def test_budget_sets_and_shows_a_budget_in_the_ledger_without_a_key(tmp_path: Pa
     bad = run_cli(tmp_path, "budget", "user", "alice", "--daily-usd", "-1")
     assert bad.returncode == 2
     assert "a limit is a number of USD >= 0, or 'none'" in bad.stderr
+
+
+async def test_export_trace_round_trips_through_simulate(harness: Harness, tmp_path: Path):
+    services = await harness.services()  # the ledger at the CLI's DATABASE_URL
+    start = datetime(2026, 11, 2, 9, tzinfo=UTC)
+    levels = ["low", "low", "medium", "high", "low"]
+    for i, level in enumerate(levels):
+        await services.ledger.record(
+            trace_row(i, start + timedelta(minutes=7 * i), level, prompt_tokens=100 * (i + 1))
+        )
+    # neither a failure nor a cached answer reached a backend: not part of the workload
+    await services.ledger.record(trace_row(10, start, "low", status="failed", prompt_tokens=0))
+    await services.ledger.record(trace_row(11, start, "low", cache_hit=True))
+    # outside --since/--until
+    await services.ledger.record(trace_row(12, start - timedelta(days=3), "high"))
+
+    done = run_cli(
+        tmp_path, "export-trace", "--since", "2026-11-02", "--until", "2026-11-03",
+        "--output", "trace.jsonl",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "5 requests written to trace.jsonl (jsonl)" in done.stderr
+    text = (tmp_path / "trace.jsonl").read_text()
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert [r["complexity_level"] for r in rows] == levels
+    assert [r["prompt_tokens"] for r in rows] == [100, 200, 300, 400, 500]
+    assert rows[0]["timestamp"] == "2026-11-02T09:00:00+00:00"
+    assert "alice" not in text  # no users
+    assert "secret" not in text  # no routing reasons or errors
+
+    csv_done = run_cli(tmp_path, "export-trace", "--since", "2026-11-02", "--format", "csv")
+    assert csv_done.returncode == 0, csv_done.stderr
+    assert csv_done.stdout.splitlines()[0] == (
+        "timestamp,prompt_tokens,completion_tokens,complexity_level,served_backend,served_model"
+    )
+    assert len(csv_done.stdout.splitlines()) == 1 + 5
+
+    plan_args = ("--gpus", "0-1", "--policy", "router", "--policy", "all_serverless", "--json")
+    from_file = run_cli(tmp_path, "simulate", "--trace", "trace.jsonl", *plan_args)
+    assert from_file.returncode == 0, from_file.stderr
+    planned = json.loads(from_file.stdout)
+    assert planned["requests"] == 5
+    # the file and the ledger itself give the same plan
+    from_ledger = run_cli(
+        tmp_path, "simulate", "--from-ledger", "--since", "2026-11-02", "--until", "2026-11-03",
+        *plan_args,
+    )  # fmt: skip
+    assert from_ledger.returncode == 0, from_ledger.stderr
+    assert "plan kept in the ledger" in from_ledger.stderr
+
+    def costs(plan: dict[str, Any]) -> dict[tuple[str, int], float]:
+        return {(r["policy"], r["gpus"]): r["month_cost_usd"] for r in plan["runs"]}
+
+    assert costs(json.loads(from_ledger.stdout)) == costs(planned)
+    kept = await latest_plan(services.ledger)
+    assert kept is not None
+    assert kept["requests"] == 5
+    assert {s["policy"] for s in kept["series"]} == {"router", "all_serverless"}
+
+    bad = run_cli(tmp_path, "export-trace", "--since", "yesterday-ish")
+    assert bad.returncode == 2
+    assert "ISO 8601" in bad.stderr
+    empty = run_cli(tmp_path, "simulate", "--from-ledger", "--since", "2027-01-01")
+    assert empty.returncode == 2
+    assert "none answered, nothing to simulate" in empty.stderr
+
+
+def trace_row(i: int, created_at: datetime, level: str, **values: Any) -> UsageRecord:
+    row: dict[str, Any] = {
+        "created_at": created_at,
+        "request_id": f"trace-{i}",
+        "user": "alice",
+        "team": None,
+        "backend": "serverless",
+        "model": "llama3.1-8b-instruct",
+        "prompt_tokens": 100,
+        "completion_tokens": 50,
+        "cost_usd": 0.00001,
+        "gpu_seconds": 0.0,
+        "latency_ms": 300.0,
+        "status": "ok",
+        "routing_reason": "secret routing reason",
+        "complexity_score": 0.1,
+        "complexity_level": level,
+        "fallbacks": 0,
+        "error": None,
+    }
+    row.update(values)
+    return UsageRecord(**row)

@@ -40,7 +40,7 @@ from gateway.dashboard import STATIC_DIR, create_dashboard
 from graphs.router import graph
 from state.api_keys import ApiKeyIdentity
 from state.context import Context, Services
-from tests.conftest import Harness
+from tests.conftest import Harness, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -455,3 +455,39 @@ def test_importing_the_dashboard_does_nothing():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip() == "ok", result.stderr
+
+
+async def test_the_dashboard_draws_the_last_capacity_plan(served: Served, tmp_path: Path):
+    page = ("--dump-dom", "--window-size=1280,1600", served.url)
+    before = drawn_summary(await chromium(tmp_path, *page))
+    assert before["plan"] == {"series": 0, "points": 0, "bound_points": 0, "best": None}
+
+    # the planner on the ledger's own requests (the served ledger is the CLI's DATABASE_URL)
+    policies = ("--policy", "router", "--policy", "all_gpu", "--policy", "all_serverless")
+    done = await asyncio.to_thread(
+        run_cli, tmp_path, "simulate", "--from-ledger", "--gpus", "0-2", *policies
+    )
+    assert done.returncode == 0, done.stderr
+    plan = (await served.data())["capacity_plan"]
+    ledger = await ledger_sums(served.services)
+    assert plan["requests"] == ledger.requests  # every request of the traffic was answered
+    assert plan["bound"]["gpus"] == [0, 1, 2]
+
+    dom = await chromium(tmp_path, *page)
+    drawn = drawn_summary(dom)["plan"]
+    series = {s["policy"]: s for s in plan["series"]}
+    assert set(series) == {"router", "all_gpu", "all_serverless"}
+    assert drawn["series"] == 3
+    assert drawn["bound_points"] == 3
+    assert drawn["month_usd"]["router"] == approx(series["router"]["month_usd"])
+    assert drawn["month_usd"]["all_gpu"] == approx(series["all_gpu"]["month_usd"])
+    # all-serverless is a level line across the GPU counts
+    assert drawn["month_usd"]["all_serverless"] == approx(series["all_serverless"]["month_usd"] * 2)
+    best = plan["best"]
+    # router 0-2, all-GPU 1-2, the level line's two ends, the bound, and the starred pick
+    assert drawn["points"] == 3 + 2 + 2 + 3 + (best is not None)
+    if best is not None:
+        assert drawn["best"] == {"gpus": best["gpus"], "month_usd": approx(best["month_usd"])}
+    caption = re.search(r'data-field="plan-caption"[^>]*>(.*?)</p>', dom, re.S)
+    assert caption, "no plan caption"
+    assert plan["recommendation"].replace("**", "")[:40] in html.unescape(caption.group(1))
