@@ -90,11 +90,17 @@ def gpu_pool_cost(settings: Settings) -> GpuPoolCost:
     """Describe the GPU pool's bill and the share of it a GPU request is charged."""
     endpoints = len(settings.gpu_endpoints)
     hourly = settings.gpu_hourly_cost_usd
+    pool_hourly = sum(settings.endpoint_price(url)[1] for url in settings.gpu_endpoints)
     concurrency = settings.gpu_concurrency_per_endpoint
     per_second = hourly / 3600 / concurrency
+    priced = (
+        f"{endpoints} endpoint(s) x {usd(hourly)}/h {settings.gpu_instance_type}"
+        if not settings.gpu_endpoint_prices
+        else f"{endpoints} endpoint(s) at their GPU_ENDPOINT_PRICES or {usd(hourly)}/h"
+    )
     note = (
-        f"The GPU pool is billed by the instance-hour ({endpoints} endpoint(s) x {usd(hourly)}/h "
-        f"{settings.gpu_instance_type} = {usd(endpoints * hourly)}/h, used or not), so a GPU "
+        f"The GPU pool is billed by the instance-hour while it is up ({priced} = "
+        f"{usd(pool_hourly)}/h, used or not), so a GPU "
         "request adds nothing to the bill while the pool has spare capacity. The ledger charges "
         f"each GPU request its share: GPU-seconds x {usd(hourly)} / 3600 / {concurrency} "
         f"concurrent requests = {usd(per_second)} per second it holds an endpoint; "
@@ -105,7 +111,7 @@ def gpu_pool_cost(settings: Settings) -> GpuPoolCost:
         "instance_type": settings.gpu_instance_type,
         "hourly_cost_usd": hourly,
         "concurrency_per_endpoint": concurrency,
-        "pool_bill_usd_per_hour": endpoints * hourly,
+        "pool_bill_usd_per_hour": pool_hourly,
         "allocated_usd_per_gpu_second": per_second,
         "marginal_bill_usd": 0.0,
         "note": note,
