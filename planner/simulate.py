@@ -91,6 +91,11 @@ class Run:
     sim_seconds: float
 
 
+def _without_residue(amount: float) -> float:
+    """Return ``amount``, or 0 for a float-rounding residue (under a millionth of a dollar)."""
+    return 0.0 if abs(amount) < 1e-6 else amount
+
+
 @dataclass
 class MarginalRow:
     """What the n-th GPU absorbs in a month against what it costs."""
@@ -215,7 +220,8 @@ def plan(
             meets_target=late <= config.late_share_allowed,
             max_sojourn_s=pool.max_sojourn_s,
             bound_usd=bound,
-            gap_usd=gpu_cost + sl_cost - bound,
+            # the bound equals the cost to rounding when the pool takes everything
+            gap_usd=_without_residue(gpu_cost + sl_cost - bound),
             sim_seconds=time.perf_counter() - started,
         )
         runs.append(run)
