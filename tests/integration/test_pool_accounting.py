@@ -207,7 +207,10 @@ async def test_the_heartbeat_extends_splits_after_a_gap_and_closes(
 async def test_every_surface_shows_the_same_pool_bill(
     harness: Harness, start_gateway: StartGateway
 ):
-    services = await fixed_services(harness)
+    admin, tenant = "sk-test-admin-0a0a0a0a0a0a", "sk-test-tenant-0b0b0b0b0b0b"
+    services = await fixed_services(
+        harness, router_api_keys=f"{admin}:root,{tenant}:bob", router_admin_users="root"
+    )
     hourly = services.settings.gpu_hourly_cost_usd
     await record_pool(services, at(10), at(12), endpoint=ENDPOINT)
     await services.ledger.record(gpu_row(1, at(10.5), gpu_seconds=20.0))
@@ -218,10 +221,19 @@ async def test_every_surface_shows_the_same_pool_bill(
 
     gateway = await start_gateway(services)
     base = gateway.url.removesuffix("/v1")
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30, headers={"authorization": f"Bearer {admin}"}) as http:
         stats = (await http.get(f"{base}/stats")).json()
         usage = (await http.get(f"{base}/usage?days=1&group_by=backend")).json()
         dashboard = (await http.get(f"{base}/dashboard/data?days=1")).json()
+        # a tenant sees its own requests' share of the shared pool, not the operator's bill
+        mine = (
+            await http.get(
+                f"{base}/usage?days=1&group_by=backend",
+                headers={"authorization": f"Bearer {tenant}"},
+            )
+        ).json()
+    assert mine["savings"]["gpu_bill_usd"] == 0
+    assert "operator" in mine["savings"]["how"]["gpu_bill"]
 
     async def provider() -> Services:
         return services
