@@ -97,7 +97,7 @@ async def generate_gpu(
                 slot.endpoint.client, "gpu", state, model.id, served
             )
     except BackendError as error:
-        url = slot.endpoint.url if slot is not None else None
+        url = slot.endpoint.shown if slot is not None else None
         attempt = failed_attempt("gpu", model.id, error, url)
         if not error.client_error and url is not None:
             if pool.another(served, tokens, tried | ticket.tried | {url}) is not None:
@@ -115,7 +115,7 @@ async def generate_gpu(
         if slot is not None:
             pool.release(slot)  # the lease released it already, unless it never began
     update: dict[str, Any] = success_update(
-        "gpu", model.id, result, message, endpoint=slot.endpoint.url
+        "gpu", model.id, result, message, endpoint=slot.endpoint.shown
     )
     (answered,) = update["attempts"]
     update["attempts"] = ticket.record(answered)

@@ -24,6 +24,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from backends.catalog import Priced
+from backends.gpu_pool.endpoint import shown_url
 from nodes.check_budget import refusal_error
 from nodes.generation import CANCELLED, cache_entry
 from state.context import Context, Services, resolve_services
@@ -32,10 +33,15 @@ from state.ledger import UsageRecord
 from state.schemas import RUN_OPTIONS, Attempt, RouterState, Routing, Usage
 
 
-def attempt_label(attempt: Attempt) -> str:
-    """Name where an attempt went: the backend, with the serverless provider when there is one."""
+def attempt_label(attempt: Attempt, *, endpoint: bool = False) -> str:
+    """Name where an attempt went: the backend, with its provider (or GPU endpoint, if asked).
+
+    The endpoint's URL is shown without credentials.
+    """
     provider = attempt.get("provider")
-    return f"{attempt['backend']} ({provider})" if provider else attempt["backend"]
+    url = attempt.get("endpoint") if endpoint else None
+    where = provider or (shown_url(url) if url else None)
+    return f"{attempt['backend']} ({where})" if where else attempt["backend"]
 
 
 def routing_reason(state: RouterState) -> str:
@@ -135,7 +141,8 @@ async def track_usage(state: RouterState, runtime: Runtime[Context]) -> dict[str
         complexity_score=complexity["score"],
         complexity_level=complexity["level"],
         fallbacks=len(failures) if answered else max(len(failures) - 1, 0),
-        error="; ".join(f"{attempt_label(a)}: {a['error']}" for a in failures) or None,
+        error="; ".join(f"{attempt_label(a, endpoint=True)}: {a['error']}" for a in failures)
+        or None,
         cache_hit=bool(answered and answered.get("cache_hit")),
         budget_refused=bool(state.get("budget_refused")),
     )

@@ -54,11 +54,13 @@ class GpuEndpoint:
     failed_requests: int = 0
     cooldowns: int = 0
     root_url: str = field(init=False)
+    shown: str = field(init=False)  # the URL without credentials: in attempts, reasons, logs
 
     def __post_init__(self) -> None:
-        """Derive the server root (``/health`` and ``/metrics`` live there)."""
+        """Derive the server root (``/health`` and ``/metrics`` live there) and the shown URL."""
         parts = urlsplit(self.url)
         self.root_url = f"{parts.scheme}://{parts.netloc}"
+        self.shown = shown_url(self.url)
 
     def load(self) -> int:
         """Return the requests on this endpoint: this router's in flight plus others' probed."""
@@ -125,7 +127,7 @@ class Ticket:
     ``slot`` is the room admitted for it; ``attempts`` the failed attempts of
     earlier runs of ``generate_gpu`` that raised for the node's retry (their
     update is lost, so they wait here), one per endpoint; ``tried`` those
-    endpoints' URLs.
+    endpoints' URLs (as shown: without credentials).
     """
 
     request_id: str

@@ -109,7 +109,8 @@ class GpuPool:
     ) -> list[GpuEndpoint]:
         """Return the endpoints that may serve ``model`` now: free ones first, least loaded first.
 
-        ``exclude`` (URLs: the endpoints a request failed on) is ignored when it
+        ``exclude`` (URLs as shown, without credentials: the endpoints a request
+        failed on) is ignored when it
         would leave nothing, so a one-endpoint pool still retries a blip.
         """
         now = time.monotonic() if now is None else now
@@ -118,7 +119,7 @@ class GpuPool:
             for e in self.endpoints
             if e.available(now) and e.serves(model) and e.fits(model, tokens)
         ]
-        ready = [e for e in ready if e.url not in exclude] or ready
+        ready = [e for e in ready if e.shown not in exclude] or ready
         ready.sort(key=lambda e: (self.busy(e), e.load(), e.failures))
         return ready
 
@@ -127,7 +128,7 @@ class GpuPool:
     ) -> GpuEndpoint | None:
         """Return an endpoint not in ``tried`` (URLs) that may serve ``model`` now, if any."""
         return next(
-            (e for e in self.candidates(model, tokens, exclude=tried) if e.url not in tried), None
+            (e for e in self.candidates(model, tokens, exclude=tried) if e.shown not in tried), None
         )
 
     def has_spare_capacity(self, model: str, tokens: int | None = None) -> bool:
@@ -187,7 +188,7 @@ class GpuPool:
         ticket = self._tickets.pop(request_id, None) or Ticket(request_id)
         slot = ticket.slot
         if slot is not None and (
-            slot.endpoint.url in avoid or not self._still_good(slot, model, tokens, now)
+            slot.endpoint.shown in avoid or not self._still_good(slot, model, tokens, now)
         ):
             self.release(slot)
             slot = None
@@ -383,7 +384,7 @@ class GpuPool:
         except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
             endpoint.healthy = False
             endpoint.last_error = f"probe failed: {type(exc).__name__}"
-            logger.debug("probe of %s failed: %s", endpoint.url, exc)
+            logger.debug("probe of %s failed: %s", endpoint.shown, type(exc).__name__)
             return
         finally:
             endpoint.last_probe = time.monotonic()
@@ -398,7 +399,7 @@ class GpuPool:
         try:
             load = parse_load(text)
         except ValueError as exc:
-            logger.warning("unreadable /metrics from %s: %s", endpoint.url, exc)
+            logger.warning("unreadable /metrics from %s: %s", endpoint.shown, exc)
             return
         endpoint.running, endpoint.waiting = load.running, load.waiting
         endpoint.kv_cache_usage = load.kv_cache_usage

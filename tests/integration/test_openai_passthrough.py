@@ -196,7 +196,7 @@ async def test_a_backend_client_error_is_returned_as_is_without_fallback(
     assert row.status == "failed"
     assert row.fallbacks == 0
     assert row.error
-    assert row.error.startswith("gpu: HTTP 400")
+    assert row.error.startswith(f"gpu ({both_up.gpu_url}): HTTP 400")
     # the serverless emulator never saw it: no fallback
     assert await received(both_up.serverless_url) == []
     # the endpoint is still healthy and takes the next request

@@ -226,19 +226,25 @@ async def test_a_hanging_gpu_endpoint_hands_the_request_to_another_before_server
     serverless_url = await harness.start("serverless", api_key=TEST_KEY)
     hanging = await harness.start("gpu_a", fault="hang")
     healthy = await harness.start("gpu_b")
+    with_secret = hanging.replace("http://", "http://operator:hunter2@")
     context = await harness.context(
-        lambda_api_base=serverless_url, gpu_endpoints=[hanging, healthy], request_timeout_s=0.5
+        lambda_api_base=serverless_url, gpu_endpoints=[with_secret, healthy], request_timeout_s=0.5
     )
     result = await graph.ainvoke({**GREETING, "force_backend": "gpu"}, context=context)
 
     attempts = result["routing"]["attempts"]
     assert [(a["backend"], a.get("endpoint"), a["status"]) for a in attempts] == [
-        ("gpu", hanging, "failed"),
+        ("gpu", hanging, "failed"),  # no credentials
         ("gpu", healthy, "ok"),
     ]
     assert "timed out" in (attempts[0]["error"] or "")
     assert await received(serverless_url) == []
     assert len(await received(healthy)) == 1
+    assert context.services is not None
+    (row,) = await context.services.ledger.rows()
+    assert (row.backend, row.fallbacks) == ("gpu", 1)
+    assert (row.error or "").startswith(f"gpu ({hanging}): timed out")
+    assert "hunter2" not in str(result)
 
 
 async def test_with_serverless_off_a_gpu_timeout_still_succeeds_on_another_endpoint(
