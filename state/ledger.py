@@ -63,6 +63,16 @@ NAME_MAX_CHARS = 128
 """Longest user or team name: the width of the columns that hold one."""
 
 
+ROW_OK = "ok"
+"""The ledger status of an answered request."""
+ROW_REFUSED = "refused"
+"""The ledger status of a request a budget refused (a 402)."""
+ROW_CANCELLED = "cancelled"
+"""The ledger status of a request whose caller left mid-answer (its tokens so far are billed)."""
+ROW_SERVED = (ROW_OK, ROW_CANCELLED)
+"""The statuses of requests a backend worked on and billed: spend and GPU time count them."""
+
+
 class Base(DeclarativeBase):
     """Declarative base of the ledger's tables."""
 
@@ -86,7 +96,7 @@ class UsageRecord(Base):
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
-    status: Mapped[str] = mapped_column(String(16))  # ok | failed | refused (a 402)
+    status: Mapped[str] = mapped_column(String(16))  # ok | failed | refused | cancelled
     routing_reason: Mapped[str] = mapped_column(Text, default="")
     complexity_score: Mapped[float | None] = mapped_column(Float)
     complexity_level: Mapped[str | None] = mapped_column(String(8))

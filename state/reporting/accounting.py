@@ -19,13 +19,15 @@ with a sentence saying how it was computed (``how``).
   endpoint to its last token, the ledger's ``gpu_seconds``), so the pool was
   busy ``sum(gpu_seconds) / concurrency`` instance-seconds. The idle share is
   one minus busy over paid instance-seconds.
-- **Spend.** Serverless tokens at the catalog's prices plus the pool bill.
+- **Spend.** Serverless tokens at the prices of the provider that served each
+  request (a request its caller cut short included: its tokens so far were
+  billed) plus the pool bill.
 - **All on GPUs.** Enough instances for the busiest hour of answered traffic
   (its seconds of latency over the concurrency an instance serves), at
   ``GPU_HOURLY_COST_USD``, for the hours the router was in service in the
   range: the union of the pool's recorded intervals and the stretch from the
   range's first to its last request.
-- **All serverless.** Every answered request's tokens at the default
+- **All serverless.** Every served request's tokens at the default
   serverless model's prices.
 """
 
@@ -41,7 +43,7 @@ from typing import Any
 from sqlalchemy import select
 
 from backends.catalog import Catalog
-from state.ledger import Ledger, PoolInterval
+from state.ledger import ROW_SERVED, Ledger, PoolInterval
 from state.pool_membership import gap_tolerance
 from state.reporting.money import usd
 from state.reporting.windows import as_utc
@@ -201,7 +203,8 @@ def cost_accounting(
     hours = max((end - start).total_seconds() / 3600, 0.0)
     hourly = settings.gpu_hourly_cost_usd
     concurrency = settings.gpu_concurrency_per_endpoint
-    answered = [r for r in rows if r.status == "ok"]
+    # served: answered, or cut short by the caller (its tokens so far were billed)
+    answered = [r for r in rows if r.status in ROW_SERVED]
     serverless_usd = sum(r.cost_usd for r in answered if r.backend == "serverless")
     gpu_rows = [r for r in answered if r.backend == "gpu"]
     bills = endpoint_bills(intervals)
@@ -227,8 +230,8 @@ def cost_accounting(
     actual = serverless_usd + (allocated if tenant_view else gpu_bill)
     idle_text = "no paid pool hours" if idle_share is None else f"{idle_share:.1%}"
     how = {
-        "actual": f"serverless tokens at the catalog's prices ({usd(serverless_usd)}) plus the "
-        f"GPU pool's bill ({usd(gpu_bill)}) = {usd(actual)}.",
+        "actual": f"serverless tokens at the serving providers' prices ({usd(serverless_usd)}) "
+        f"plus the GPU pool's bill ({usd(gpu_bill)}) = {usd(actual)}.",
         "gpu_bill": f"{len(bills)} endpoint(s) x the hours the ledger recorded each in the pool "
         f"(heartbeats of the router, overlaps from several workers merged, clipped to the "
         f"range: {paid_hours:.2f} instance-hours) x each endpoint's hourly price = "
@@ -241,14 +244,14 @@ def cost_accounting(
         f"request-seconds over {concurrency} at once per instance) x {usd(hourly)}/h x "
         f"{service_hours:.2f} h the router was in service in the range (its pool's recorded "
         f"hours, or from the first to the last request) = {usd(all_gpu)}.",
-        "all_serverless": f"every answered request's tokens at {default.id}'s prices = "
+        "all_serverless": f"every served request's tokens at {default.id}'s prices = "
         f"{usd(all_serverless)}.",
     }
     if tenant_view:
         how["actual"] = (
-            f"serverless tokens at the catalog's prices ({usd(serverless_usd)}) plus the share of "
-            f"the GPU pool allocated to these requests ({usd(allocated)}: their GPU-seconds x "
-            f"the hourly price / 3600 / {concurrency}) = {usd(actual)}."
+            f"serverless tokens at the serving providers' prices ({usd(serverless_usd)}) plus "
+            f"the share of the GPU pool allocated to these requests ({usd(allocated)}: "
+            f"their GPU-seconds x the hourly price / 3600 / {concurrency}) = {usd(actual)}."
         )
         how["gpu_bill"] = (
             "not shown to a tenant: the GPU pool is shared and its bill is the operator's; "

@@ -25,7 +25,7 @@ from sqlalchemy import case, func, select
 from typing_extensions import TypedDict
 
 from backends.catalog import Catalog
-from state.ledger import Ledger, UsageRecord
+from state.ledger import ROW_CANCELLED, ROW_OK, ROW_REFUSED, Ledger, UsageRecord
 from state.reporting.accounting import cost_accounting, pool_intervals
 from state.reporting.tenants import Tenant
 from state.reporting.windows import (
@@ -59,9 +59,6 @@ _COLUMNS = (
     UsageRecord.budget_refused,
 )
 
-REFUSED = "refused"
-"""The ledger status of a request a budget refused (a 402)."""
-
 
 class UsageStats(TypedDict):
     """The usage report over a range plus the budgets (the MCP tool ``get_usage_stats``)."""
@@ -89,17 +86,21 @@ def summarize(rows: Iterable[Any]) -> dict[str, Any]:
 
     ``refused`` counts the requests a budget refused (402s); ``budget_refusals``
     every request whose budget hold was refused: those, and the ones the budget
-    sent to the GPU pool or to a cheaper model. A refusal is not a failure.
+    sent to the GPU pool or to a cheaper model. ``cancelled`` counts the requests
+    whose caller left mid-answer (billed for the tokens so far). Neither is a
+    failure: ``failed`` and ``error_rate`` count the requests that got no answer.
     """
     rows = list(rows)
     latencies = [r.latency_ms for r in rows]
     requests = len(rows)
-    refused = sum(1 for r in rows if r.status == REFUSED)
-    failed = sum(1 for r in rows if r.status not in ("ok", REFUSED))
+    refused = sum(1 for r in rows if r.status == ROW_REFUSED)
+    cancelled = sum(1 for r in rows if r.status == ROW_CANCELLED)
+    failed = requests - refused - cancelled - sum(1 for r in rows if r.status == ROW_OK)
     return {
         "requests": requests,
         "failed": failed,
         "refused": refused,
+        "cancelled": cancelled,
         "budget_refusals": sum(1 for r in rows if r.budget_refused),
         "prompt_tokens": sum(r.prompt_tokens for r in rows),
         "completion_tokens": sum(r.completion_tokens for r in rows),
@@ -280,7 +281,7 @@ def _routing_of(rows: list[Any], start: datetime, end: datetime) -> dict[str, An
         "by_status": by_status,
         "fallbacks": fallbacks,
         "fallback_rate": fallbacks / total if total else 0.0,
-        "refused": by_status.get(REFUSED, 0),
+        "refused": by_status.get(ROW_REFUSED, 0),
         "budget_refusals": refusals,
         "cost_usd": cost,
     }

@@ -25,6 +25,7 @@ from gateway.openai_format import ChunkWriter
 from gateway.streaming import StreamRun, draining, sse_events
 from state.context import Services
 from state.reporting.money import usd
+from state.reporting.usage import routing_stats, summarize
 from tests.conftest import TEST_KEY, Gateway, Harness, StartGateway
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -524,6 +525,17 @@ async def test_a_client_that_leaves_mid_stream_leaves_one_cancelled_row_with_the
     assert received <= row.completion_tokens < full
     assert row.prompt_tokens > 0
     assert row.cost_usd > 0
+    # the reports count it as cancelled, not failed, and bill what it spent
+    figures = summarize([row])
+    assert (figures["cancelled"], figures["failed"], figures["error_rate"]) == (1, 0, 0.0)
+    stats = await routing_stats(
+        services.ledger, services.settings, services.catalog, datetime.now(UTC)
+    )
+    savings = stats["today"]["savings"]
+    assert savings["serverless_usd"] == pytest.approx(
+        row.cost_usd if backend == "serverless" else 0
+    )
+    assert savings["all_serverless"]["usd"] > 0  # its tokens count in that baseline
     if backend == "gpu":
         # the endpoint's slot came back; the GPU answer spends no serverless budget
         assert [e.in_flight for e in services.gpu_pool.endpoints] == [0]
