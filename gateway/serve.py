@@ -152,7 +152,7 @@ def serve(host: str, port: int, workers: int) -> None:
     """Run the server until interrupted.
 
     The app is given to uvicorn as an import string, so ``workers > 1`` runs
-    uvicorn's multi-process mode. With neither ``LAMBDA_API_KEY`` nor
+    uvicorn's multi-process mode. With neither a serverless provider nor
     ``GPU_ENDPOINTS`` set, two local emulators are started first and every
     worker uses them. With several workers, ``/metrics`` answers every
     worker's totals (:func:`shared_metrics_dir`).
@@ -184,16 +184,24 @@ def serve(host: str, port: int, workers: int) -> None:
             )
             get_settings.cache_clear()
             print(
-                "No LAMBDA_API_KEY and no GPU_ENDPOINTS set: started two local emulators "
-                f"(serverless {serverless_url}, gpu {gpu_url}); every answer says it is "
-                "emulated.",
+                "No serverless provider (SERVERLESS_PROVIDERS, LAMBDA_API_KEY) and no "
+                f"GPU_ENDPOINTS set: started two local emulators (serverless {serverless_url}, "
+                f"gpu {gpu_url}); every answer says it is emulated.",
                 flush=True,
             )
         print(f"Hybrid router ({workers} worker{'s' if workers > 1 else ''}):", flush=True)
         print(f"  OpenAI-compatible gateway  {base}  (POST /chat/completions, GET /models)")
-        print(f"  dashboard                  {root}/dashboard")
+        closed = "" if get_settings().router_api_keys else "  (closed: no ROUTER_API_KEYS)"
+        print(f"  dashboard                  {root}/dashboard{closed}")
         print(f"  graph API (langgraph-sdk)  {root}  (POST /runs/wait, /runs/stream)")
-        print(f"  health and metrics         {root}/health  {root}/metrics", flush=True)
+        print(f"  health                     {root}/health")
+        print(f"  metrics                    {root}/metrics{closed}", flush=True)
+        if closed:
+            print(
+                "Without ROUTER_API_KEYS the reports (/stats, /usage, /dashboard, /metrics) and "
+                "the budget routes answer 403; `hybrid-router budget` sets budgets on this host.",
+                flush=True,
+            )
         uvicorn.run(
             APP,
             host=host,

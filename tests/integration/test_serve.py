@@ -55,6 +55,7 @@ def served(
 def test_serve_says_it_is_emulated_and_prints_every_url(served):
     url, output = served
     assert "started two local emulators" in output
+    assert "closed: no ROUTER_API_KEYS" not in output  # this server has keys
     for part in (f"{url}/v1", f"{url}/dashboard", "graph API", f"{url}/metrics"):
         assert part in output
 
