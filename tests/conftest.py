@@ -31,6 +31,7 @@ from emulator import EmulatorConfig, serve_emulator
 from emulator.server import _EmbeddedServer
 from gateway.app import create_app
 from state.context import Context, Services, build_services, utc_now
+from state.ledger import UsageRecord
 from state.settings import Settings
 
 # The real-vLLM tier runs on its own (make test-vllm: it installs vLLM and starts
@@ -496,3 +497,32 @@ async def record_pool(
     instance_type, configured = services.settings.endpoint_price(endpoint)
     member = Member(endpoint, instance_type, configured if hourly_usd is None else hourly_usd)
     await services.ledger.write(lambda conn: record_interval(conn, member, start, end, process))
+
+
+def ledger_row(request_id: str, created_at: datetime, **values: Any) -> UsageRecord:
+    """Return a ledger row for tests that write the ledger directly.
+
+    The defaults are an answered GPU request of 100 + 50 tokens on the 8B model
+    that took 0.5 s; ``values`` replace any of them.
+    """
+    row: dict[str, Any] = {
+        "created_at": created_at,
+        "request_id": request_id,
+        "user": None,
+        "team": None,
+        "backend": "gpu",
+        "model": "llama3.1-8b-instruct",
+        "prompt_tokens": 100,
+        "completion_tokens": 50,
+        "cost_usd": 0.0,
+        "gpu_seconds": 0.5,
+        "latency_ms": 500.0,
+        "status": "ok",
+        "routing_reason": "test",
+        "complexity_score": 0.1,
+        "complexity_level": "low",
+        "fallbacks": 0,
+        "error": None,
+    }
+    row.update(values)
+    return UsageRecord(**row)

@@ -13,7 +13,7 @@ import httpx
 
 from state.ledger import UsageRecord
 from state.reporting.trace import latest_plan
-from tests.conftest import BIN, Harness, free_port, run_cli
+from tests.conftest import BIN, Harness, free_port, ledger_row, run_cli
 
 
 def test_ask_runs_on_emulators_when_nothing_is_configured(tmp_path: Path):
@@ -195,24 +195,17 @@ async def test_export_trace_round_trips_through_simulate(harness: Harness, tmp_p
 
 
 def trace_row(i: int, created_at: datetime, level: str, **values: Any) -> UsageRecord:
-    row: dict[str, Any] = {
-        "created_at": created_at,
-        "request_id": f"trace-{i}",
-        "user": "alice",
-        "team": None,
-        "backend": "serverless",
-        "model": "llama3.1-8b-instruct",
-        "prompt_tokens": 100,
-        "completion_tokens": 50,
-        "cost_usd": 0.00001,
-        "gpu_seconds": 0.0,
-        "latency_ms": 300.0,
-        "status": "ok",
-        "routing_reason": "secret routing reason",
-        "complexity_score": 0.1,
-        "complexity_level": level,
-        "fallbacks": 0,
-        "error": None,
-    }
-    row.update(values)
-    return UsageRecord(**row)
+    return ledger_row(
+        f"trace-{i}",
+        created_at,
+        **{
+            "user": "alice",
+            "backend": "serverless",
+            "cost_usd": 0.00001,
+            "gpu_seconds": 0.0,
+            "latency_ms": 300.0,
+            "routing_reason": "secret routing reason",
+            "complexity_level": level,
+            **values,
+        },
+    )

@@ -23,7 +23,7 @@ from state.context import Services
 from state.ledger import UsageRecord
 from state.reporting.suggestions import MONTH_HOURS
 from state.settings import DEFAULT_GPU_HOURLY_USD
-from tests.conftest import ROOT, TEST_KEY, Harness, record_pool
+from tests.conftest import ROOT, TEST_KEY, Harness, ledger_row, record_pool
 
 TOOLS = {"invoke_serverless", "estimate_cost", "get_usage_stats", "optimize_costs"}
 PROMPT = "Explain step by step how a hash map handles collisions, with a table."
@@ -230,27 +230,7 @@ async def test_automatic_routing_and_a_budget_refusal(both_up: Harness) -> None:
 
 
 def usage_row(i: int, services: Services, **values: Any) -> UsageRecord:
-    row: dict[str, Any] = {
-        "created_at": services.clock(),
-        "request_id": f"mcp-{i}",
-        "user": None,
-        "team": None,
-        "backend": "gpu",
-        "model": "llama3.1-8b-instruct",
-        "prompt_tokens": 100,
-        "completion_tokens": 50,
-        "cost_usd": 0.0001,
-        "gpu_seconds": 0.5,
-        "latency_ms": 500.0,
-        "status": "ok",
-        "routing_reason": "test",
-        "complexity_score": 0.1,
-        "complexity_level": "low",
-        "fallbacks": 0,
-        "error": None,
-    }
-    row.update(values)
-    return UsageRecord(**row)
+    return ledger_row(f"mcp-{i}", services.clock(), **{"cost_usd": 0.0001, **values})
 
 
 async def test_advice_follows_the_numbers(harness: Harness) -> None:

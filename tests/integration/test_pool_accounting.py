@@ -24,7 +24,7 @@ from state.pool_membership import PoolHeartbeat, members_of
 from state.reporting.money import usd
 from state.reporting.usage import usage_report
 from state.reporting.windows import as_utc
-from tests.conftest import Harness, StartGateway, record_pool
+from tests.conftest import Harness, StartGateway, ledger_row, record_pool
 
 NOW = datetime(2026, 11, 20, 20, 0, tzinfo=UTC)
 DAY = datetime(2026, 11, 20, tzinfo=UTC)
@@ -43,27 +43,17 @@ async def fixed_services(harness: Harness, **settings: Any) -> Services:
 
 
 def gpu_row(i: int, created_at: datetime, gpu_seconds: float, **values: Any) -> UsageRecord:
-    row: dict[str, Any] = {
-        "created_at": created_at,
-        "request_id": f"pool-{i}",
-        "user": None,
-        "team": None,
-        "backend": "gpu",
-        "model": "llama3.1-8b-instruct",
-        "prompt_tokens": 200,
-        "completion_tokens": 100,
-        "cost_usd": 0.0,
-        "gpu_seconds": gpu_seconds,
-        "latency_ms": gpu_seconds * 1000,
-        "status": "ok",
-        "routing_reason": "test",
-        "complexity_score": 0.1,
-        "complexity_level": "low",
-        "fallbacks": 0,
-        "error": None,
-    }
-    row.update(values)
-    return UsageRecord(**row)
+    return ledger_row(
+        f"pool-{i}",
+        created_at,
+        **{
+            "prompt_tokens": 200,
+            "completion_tokens": 100,
+            "gpu_seconds": gpu_seconds,
+            "latency_ms": gpu_seconds * 1000,
+            **values,
+        },
+    )
 
 
 async def report_of(services: Services, start: datetime, end: datetime) -> dict[str, Any]:
