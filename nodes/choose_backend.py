@@ -12,6 +12,7 @@ from typing import Any, Literal
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
+from backends.gpu_pool.affinity import prefix_key
 from nodes.generation import cached_answer
 from state.context import Context, Services, resolve_services
 from state.errors import NoBackendAvailableError
@@ -89,8 +90,13 @@ def decide_backend(
             f"{gpu_model.id} (tier {gpu_model.tier}) for this request"
         )
     # a slot counted in flight now, so concurrent requests cannot all take the same room
-    if pool.admit(served, tokens, state["request_id"]) is not None:
-        return "gpu", "the GPU pool has spare capacity and is already paid for"
+    prefix = prefix_key(served, state.get("prompt_messages") or [])
+    slot = pool.admit(served, tokens, state["request_id"], prefix=prefix)
+    if slot is not None:
+        reason = "the GPU pool has spare capacity and is already paid for"
+        if slot.affinity:
+            reason += f"; {slot.endpoint.shown} holds this conversation's prefix"
+        return "gpu", reason
     if may_overflow:
         return "serverless", "the GPU pool is busy; overflow to serverless"
     return "gpu", f"the GPU pool is busy but serverless is capped at {ratio:.0%} of traffic"

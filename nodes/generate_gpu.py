@@ -13,6 +13,10 @@ the pool keeps it for the next run (keyed by request id), and the attempts of
 every endpoint tried reach the state together: one per endpoint, its last
 outcome (a retry on the same endpoint, when no other may serve the request, is
 that endpoint's attempt tried again, as a retry on the same serverless API is).
+
+A later turn of a conversation prefers the endpoint that answered the earlier
+ones (its prefix cache holds them: :mod:`backends.gpu_pool.affinity`); after a
+success, the pool remembers this endpoint for the conversation's next turn.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from langgraph.types import Command
 
 from backends.errors import BackendError
 from backends.gpu_pool import GpuPool
+from backends.gpu_pool.affinity import conversation_key, prefix_key
 from nodes.check_budget import request_tokens
 from nodes.generation import (
+    answer_dict,
     call_backend,
     fail_over,
     failed_attempt,
@@ -87,7 +93,10 @@ async def generate_gpu(
     await pool.ensure_probed()
     tokens = request_tokens(state)
     tried = tried_endpoints(state)
-    ticket = pool.checkout(state.get("request_id") or "", served, tokens, avoid=tried)
+    sent = state.get("prompt_messages") or []
+    ticket = pool.checkout(
+        state.get("request_id") or "", served, tokens, avoid=tried, prefix=prefix_key(served, sent)
+    )
     slot = ticket.slot
     try:
         if slot is None:
@@ -114,9 +123,12 @@ async def generate_gpu(
     finally:
         if slot is not None:
             pool.release(slot)  # the lease released it already, unless it never began
-    update: dict[str, Any] = success_update(
-        "gpu", model.id, result, message, endpoint=slot.endpoint.shown
-    )
+    # the next turn's prefix is this conversation and this answer: it finds this endpoint
+    pool.remember(conversation_key(served, sent, answer_dict(message)), slot.endpoint)
+    extra: dict[str, Any] = {"endpoint": slot.endpoint.shown}
+    if slot.affinity:
+        extra["affinity"] = True
+    update: dict[str, Any] = success_update("gpu", model.id, result, message, **extra)
     (answered,) = update["attempts"]
     update["attempts"] = ticket.record(answered)
     return Command(goto="track_usage", update=update)

@@ -26,7 +26,12 @@ from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManager, BaseCallbackManager
 from langchain_core.callbacks.manager import AsyncCallbackManagerForLLMRun
-from langchain_core.messages import AIMessage, AIMessageChunk, convert_to_messages
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    convert_to_messages,
+    convert_to_openai_messages,
+)
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, LLMResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tracers._streaming import _StreamingCallbackHandler
@@ -120,6 +125,12 @@ def answer_message(backend: Backend, model: str, result: ChatResult, msg_id: str
         "total_tokens": result.prompt_tokens + result.completion_tokens,
     }
     return message
+
+
+def answer_dict(message: AIMessage) -> dict[str, Any]:
+    """Return the answer as the next turn will send it back: an OpenAI-style message."""
+    (wire,) = convert_to_openai_messages([message])
+    return wire
 
 
 class CallerGoneError(Exception):

@@ -162,8 +162,15 @@ class SimulatedPool:
         """Say whether some endpoint has a free slot."""
         return self.instances > 0 and not self.busy
 
+    # a slot of the simulated pool is never chosen by prefix-cache affinity
+    affinity = False
+
     def admit(
-        self, model: str, tokens: int | None = None, request_id: str | None = None
+        self,
+        model: str,
+        tokens: int | None = None,
+        request_id: str | None = None,
+        prefix: str | None = None,
     ) -> SimulatedPool | None:
         """Take a slot when one is free (the simulator does the counting)."""
         return self if self.has_spare_capacity(model, tokens) else None

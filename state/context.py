@@ -156,6 +156,7 @@ async def build_services(
         cooldown_s=settings.gpu_cooldown_s,
         probe_interval_s=settings.gpu_health_interval_s,
         kv_cache_busy=settings.gpu_kv_cache_busy,
+        affinity_margin=settings.gpu_affinity_margin,
     )
     if ledger is None:
         ledger = Ledger(await asyncio.to_thread(build_engine, settings), settings)

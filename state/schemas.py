@@ -92,7 +92,9 @@ class Complexity(TypedDict):
 class Attempt(TypedDict, total=False):
     """One call to one backend (``status_code`` set when the backend answered an error).
 
-    ``provider`` names the serverless provider called, ``endpoint`` the GPU endpoint.
+    ``provider`` names the serverless provider called, ``endpoint`` the GPU endpoint;
+    ``affinity`` is true when that endpoint was taken because it answered the
+    conversation's earlier turns (its prefix cache holds them).
     """
 
     backend: Required[Backend]
@@ -105,6 +107,7 @@ class Attempt(TypedDict, total=False):
     provider: str | None
     client_error: dict[str, Any] | None
     cache_hit: bool
+    affinity: bool
 
 
 class Usage(TypedDict):

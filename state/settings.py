@@ -185,6 +185,13 @@ class Settings(BaseSettings):
     gpu_health_interval_s: float = Field(
         default=5.0, gt=0.0, description="Seconds between health and load probes of the pool."
     )
+    gpu_affinity_margin: int = Field(
+        default=2,
+        ge=0,
+        description="Requests more than the least-loaded GPU endpoint that the endpoint holding "
+        "a conversation's earlier turns (in its prefix cache) may carry and still take the "
+        "next turn (0: only when it is as little loaded).",
+    )
     response_cache_ttl_s: float = Field(
         default=3600.0,
         ge=0.0,

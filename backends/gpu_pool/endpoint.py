@@ -118,6 +118,7 @@ class Slot:
     endpoint: GpuEndpoint
     trial: bool = False
     released: bool = False
+    affinity: bool = False  # taken because the endpoint holds the conversation's prefix
 
 
 @dataclass(slots=True)

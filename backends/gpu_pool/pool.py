@@ -20,6 +20,11 @@ connection error, timeout, 401, 403, 408, 425, 429 or 5xx; never another 4xx) op
 it for ``cooldown_s``. A healthy probe, or the end of the cool-down, half-opens
 it: one trial request at a time; a success closes it, a failure opens it again.
 
+Prefix-cache affinity (:mod:`backends.gpu_pool.affinity`): a later turn of a
+conversation goes back to the endpoint that answered its earlier turns (its
+prefix cache holds them) when that endpoint may take it and its load is within
+``affinity_margin`` requests of the least-loaded one; otherwise load decides.
+
 These figures are a cache of the servers' live state, not a record: the
 ledger holds the record.
 """
@@ -38,6 +43,7 @@ import orjson
 from pydantic import SecretStr
 
 from backends.errors import BackendError
+from backends.gpu_pool.affinity import AffinityMap
 from backends.gpu_pool.endpoint import GpuEndpoint, Slot, Ticket, shown_url
 from backends.openai_compat import OpenAICompatClient
 from backends.vllm_metrics import parse_load, parse_models
@@ -68,6 +74,7 @@ class GpuPool:
         cooldown_s: float = 30.0,
         probe_interval_s: float = 5.0,
         kv_cache_busy: float = 0.9,
+        affinity_margin: int = 2,
     ) -> None:
         """Build one client per endpoint; probing starts on first use."""
         self.http = http
@@ -82,6 +89,8 @@ class GpuPool:
         self.cooldown_s = cooldown_s
         self.probe_interval_s = probe_interval_s
         self.kv_cache_busy = kv_cache_busy
+        self.affinity_margin = affinity_margin
+        self.affinity = AffinityMap()
         self._headers = {"authorization": f"Bearer {api_key.get_secret_value()}"} if api_key else {}
         self._probe_task: asyncio.Task[None] | None = None
         self._first_probe: asyncio.Future[None] | None = None
@@ -150,9 +159,43 @@ class GpuPool:
             return None
         return max(n for n in limits if n is not None)
 
-    def admit(self, model: str, tokens: int | None, request_id: str | None = None) -> Slot | None:
+    def preferred(self, ready: list[GpuEndpoint], prefix: str | None) -> tuple[GpuEndpoint, bool]:
+        """Return the endpoint to take of ``ready`` (best first), and whether affinity chose it.
+
+        The endpoint that answered the conversation's earlier turns (``prefix``,
+        a key of :mod:`backends.gpu_pool.affinity`) is taken when it is among
+        ``ready``, is not busy while a better one is free, and its load is
+        within ``affinity_margin`` of the first's; otherwise the first.
+        """
+        first = ready[0]
+        url = self.affinity.get(prefix) if prefix is not None else None
+        if url is None:
+            return first, False
+        held = next((e for e in ready if e.shown == url), None)
+        if held is None:
+            return first, False
+        if held is not first and (
+            (self.busy(held) and not self.busy(first))
+            or held.load() > first.load() + self.affinity_margin
+        ):
+            return first, False
+        return held, True
+
+    def remember(self, key: str, endpoint: GpuEndpoint) -> None:
+        """Note that ``endpoint`` answered the conversation whose next prefix is ``key``."""
+        self.affinity.put(key, endpoint.shown)
+
+    def admit(
+        self,
+        model: str,
+        tokens: int | None,
+        request_id: str | None = None,
+        prefix: str | None = None,
+    ) -> Slot | None:
         """Take a slot on the least-loaded endpoint with room, counted in flight at once.
 
+        With ``prefix`` (the key of the conversation's earlier turns), the
+        endpoint that answered them is preferred within ``affinity_margin``.
         With ``request_id``, the slot waits for that request's :meth:`checkout`
         (or ``RESERVATION_TTL_S``). None when every endpoint is busy or unusable.
         """
@@ -161,7 +204,8 @@ class GpuPool:
         free = [e for e in self.candidates(model, tokens, now) if not self.busy(e)]
         if not free:
             return None
-        slot = self._take(free[0], now)
+        endpoint, affine = self.preferred(free, prefix)
+        slot = self._take(endpoint, now, affinity=affine)
         if request_id is not None:
             old = self._tickets.pop(request_id, None)
             if old is not None and old.slot is not None:
@@ -176,10 +220,12 @@ class GpuPool:
         model: str,
         tokens: int | None = None,
         avoid: set[str] | frozenset[str] = frozenset(),
+        prefix: str | None = None,
     ) -> Ticket:
         """Take a request's ticket: its admitted slot, or a new one (busy or not), and history.
 
-        A new slot avoids the endpoints the request already failed on (its
+        A new slot prefers the endpoint that answered ``prefix`` as :meth:`admit`
+        does, and avoids the endpoints the request already failed on (its
         ticket's, and ``avoid``: URLs) while another may serve it. The ticket's
         slot is None when no endpoint may serve it.
         """
@@ -194,7 +240,9 @@ class GpuPool:
             slot = None
         if slot is None:
             ready = self.candidates(model, tokens, now, exclude=ticket.tried | avoid)
-            slot = self._take(ready[0], now) if ready else None
+            if ready:
+                endpoint, affine = self.preferred(ready, prefix)
+                slot = self._take(endpoint, now, affinity=affine)
         ticket.slot = slot
         return ticket
 
@@ -221,8 +269,8 @@ class GpuPool:
             return False  # it failed since: only its trial request may go there now
         return endpoint.serves(model) and endpoint.fits(model, tokens)
 
-    def _take(self, endpoint: GpuEndpoint, now: float) -> Slot:
-        slot = Slot(endpoint, trial=endpoint.half_open(now))
+    def _take(self, endpoint: GpuEndpoint, now: float, affinity: bool = False) -> Slot:
+        slot = Slot(endpoint, trial=endpoint.half_open(now), affinity=affinity)
         if slot.trial:
             endpoint.on_trial = True
         endpoint.in_flight += 1

@@ -19,17 +19,18 @@ import httpx
 import orjson
 import pytest
 import uvicorn
+from langgraph.checkpoint.memory import InMemorySaver
 
 import backends.gpu_pool.pool as pool_module
 from backends.errors import BackendError
-from backends.gpu_pool import GpuPool, _parse_gauges
+from backends.gpu_pool import GpuPool, Slot, _parse_gauges
 from backends.vllm_metrics import parse_load, parse_models
 from emulator import EmulatorConfig
 from emulator.server import _bind, _EmbeddedServer, _start, create_app
-from graphs.router import graph
+from graphs.router import builder, graph
 from state.context import Context, Services
 from state.errors import BackendRejectedError
-from tests.conftest import GPU_MODELS, TEST_KEY, Harness
+from tests.conftest import GPU_MODELS, TEST_KEY, Harness, StartGateway, received
 
 MODEL = "llama3.1-8b-instruct"  # the GPU pool's served name of the greeting's model
 GREETING = {"messages": [{"role": "user", "content": "Hello!"}]}
@@ -522,3 +523,161 @@ async def test_an_endpoint_serving_other_models_is_named_not_called_down(
     forced = await ask(services, force_backend="gpu")
     (attempt,) = [a for a in forced["routing"]["attempts"] if a["backend"] == "gpu"]
     assert "serving other models" in (attempt["error"] or "")
+
+
+# -- 8. prefix-cache affinity ---------------------------------------------------------
+
+
+def hold(pool: GpuPool, gpu: Gpu, count: int) -> list[Slot]:
+    """Take ``count`` slots on ``gpu`` (load of this router's own, as if in flight)."""
+    others = {e.shown for e in pool.endpoints if e.shown != gpu.url}
+    slots = []
+    for number in range(count):
+        slot = pool.checkout(f"held-{gpu.port}-{number}", MODEL, avoid=others).slot
+        assert slot is not None
+        assert slot.endpoint.shown == gpu.url
+        slots.append(slot)
+    return slots
+
+
+def let_go(pool: GpuPool, slots: list[Slot]) -> None:
+    for slot in slots:
+        pool.release(slot)
+
+
+def on_thread(name: str) -> dict[str, Any]:
+    return {"configurable": {"thread_id": name}}
+
+
+def turn(text: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}]}
+
+
+def answered(result: dict[str, Any]) -> tuple[str | None, bool]:
+    """Return the GPU endpoint that answered and whether affinity chose it."""
+    assert result["routing"]["backend"] == "gpu", result["routing"]["reason"]
+    (ok,) = [a for a in result["routing"]["attempts"] if a["status"] == "ok"]
+    return ok.get("endpoint"), bool(ok.get("affinity"))
+
+
+async def test_a_conversation_stays_on_its_endpoint_within_the_margin(
+    harness: Harness, gpus: Callable[..., Awaitable[Gpu]]
+):
+    first, second = await gpus(), await gpus()
+    services = await services_on(harness, first, second, serverless_ratio=1.0)
+    pool = services.gpu_pool
+    await pool.probe()
+    context = Context(services=services)
+    threaded = builder.compile(checkpointer=InMemorySaver())
+
+    held = hold(pool, first, 1)  # turn 1 goes to the second endpoint by load
+    one = await threaded.ainvoke(turn("Hello!"), on_thread("c"), context=context)
+    assert answered(one) == (second.url, False)
+    let_go(pool, held)
+
+    # the second endpoint now carries two more than the idle first: within the margin (2)
+    held = hold(pool, second, 2)
+    for text in ("Tell me more.", "Thanks, bye."):
+        result = await threaded.ainvoke(turn(text), on_thread("c"), context=context)
+        assert answered(result) == (second.url, True)
+        assert f"{second.url} holds this conversation's prefix" in result["routing"]["reason"]
+    let_go(pool, held)
+    assert first.peak == 0
+    sent = (await received(second.url))[-1]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant"] * 2 + ["user"]
+
+
+@pytest.mark.parametrize("away", ["over the margin", "down"])
+async def test_a_turn_goes_elsewhere_when_its_endpoint_cannot_take_it_and_the_map_follows(
+    harness: Harness, gpus: Callable[..., Awaitable[Gpu]], away: str
+):
+    first, second = await gpus(), await gpus()
+    services = await services_on(harness, first, second, serverless_ratio=1.0)
+    pool = services.gpu_pool
+    await pool.probe()
+    context = Context(services=services)
+    threaded = builder.compile(checkpointer=InMemorySaver())
+
+    held = hold(pool, first, 1)
+    one = await threaded.ainvoke(turn("Hello!"), on_thread("c"), context=context)
+    assert answered(one) == (second.url, False)
+    let_go(pool, held)
+
+    if away == "down":
+        await second.stop()
+        await pool.probe()
+    else:
+        held = hold(pool, second, 3)  # three more than the first: over the margin
+    two = await threaded.ainvoke(turn("Tell me more."), on_thread("c"), context=context)
+    assert answered(two) == (first.url, False)
+    assert "prefix" not in two["routing"]["reason"]
+    if away == "down":
+        await second.start()
+        await pool.probe()
+    else:
+        let_go(pool, held)
+
+    # the conversation now lives on the first endpoint: it keeps it within the margin
+    held = hold(pool, first, 2)
+    three = await threaded.ainvoke(turn("Thanks, bye."), on_thread("c"), context=context)
+    assert answered(three) == (first.url, True)
+    let_go(pool, held)
+
+
+async def test_two_conversations_are_spread_by_load_and_each_keeps_its_endpoint(
+    harness: Harness, gpus: Callable[..., Awaitable[Gpu]]
+):
+    first, second = await gpus(), await gpus()
+    services = await services_on(harness, first, second, serverless_ratio=1.0)
+    pool = services.gpu_pool
+    await pool.probe()
+    context = Context(services=services)
+    threaded = builder.compile(checkpointer=InMemorySaver())
+
+    # started together, the two conversations are spread by load, one on each endpoint
+    one_x, one_y = await asyncio.gather(
+        *(threaded.ainvoke(turn(f"Hello from {t}!"), on_thread(t), context=context) for t in "xy")
+    )
+    assert {answered(one_x), answered(one_y)} == {(first.url, False), (second.url, False)}
+    home = {"x": answered(one_x)[0], "y": answered(one_y)[0]}
+    # their next turns, together again, each on its own endpoint (in either order)
+    for order in ("yx", "xy"):
+        results = await asyncio.gather(
+            *(threaded.ainvoke(turn("More."), on_thread(t), context=context) for t in order)
+        )
+        assert [answered(r) for r in results] == [(home[t], True) for t in order]
+    # a conversation the pool never answered (its history came from elsewhere) goes by load
+    held = hold(pool, first, 1)
+    elsewhere = await ask(
+        services,
+        messages=[
+            {"role": "user", "content": "Hello!"},
+            {"role": "assistant", "content": "Hi from another router."},
+            {"role": "user", "content": "Go on."},
+        ],
+    )
+    assert answered(elsewhere) == (second.url, False)
+    let_go(pool, held)
+
+
+async def test_the_gateways_conversation_stays_on_its_endpoint(
+    harness: Harness, gpus: Callable[..., Awaitable[Gpu]], start_gateway: StartGateway
+):
+    first, second = await gpus(), await gpus()
+    services = await services_on(harness, first, second, serverless_ratio=1.0)
+    pool = services.gpu_pool
+    await pool.probe()
+    gateway = await start_gateway(services)
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Hello!"}]
+    held = hold(pool, first, 1)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
+        for number, text in enumerate(("Tell me more.", "Thanks, bye.", None)):
+            body = (await http.post("/chat/completions", json={"messages": messages})).json()
+            assert answered(body) == (second.url, number > 0)
+            if number == 0:
+                let_go(pool, held)
+                held = hold(pool, second, 2)
+            if text is not None:
+                messages += [body["choices"][0]["message"], {"role": "user", "content": text}]
+    let_go(pool, held)
+    assert first.peak == 0

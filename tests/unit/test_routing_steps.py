@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -44,7 +45,7 @@ class FakePool:
         return self.spare
 
     def admit(self, *args: Any, **kwargs: Any) -> object | None:
-        return object() if self.spare else None
+        return SimpleNamespace(affinity=False) if self.spare else None
 
     def unavailable_reason(self, *args: Any, **kwargs: Any) -> str:
         return "no GPU endpoint is up"
