@@ -29,7 +29,7 @@ from langgraph.types import Command
 
 from backends.errors import BackendError
 from backends.gpu_pool import GpuPool
-from backends.gpu_pool.affinity import conversation_key, prefix_key
+from backends.gpu_pool.affinity import affinity_keys
 from nodes.check_budget import request_tokens
 from nodes.generation import (
     answer_dict,
@@ -93,9 +93,9 @@ async def generate_gpu(
     await pool.ensure_probed()
     tokens = request_tokens(state)
     tried = tried_endpoints(state)
-    sent = state.get("prompt_messages") or []
+    prefix, next_key = affinity_keys(served, state.get("prompt_messages") or [])
     ticket = pool.checkout(
-        state.get("request_id") or "", served, tokens, avoid=tried, prefix=prefix_key(served, sent)
+        state.get("request_id") or "", served, tokens, avoid=tried, prefix=prefix
     )
     slot = ticket.slot
     try:
@@ -124,7 +124,7 @@ async def generate_gpu(
         if slot is not None:
             pool.release(slot)  # the lease released it already, unless it never began
     # the next turn's prefix is this conversation and this answer: it finds this endpoint
-    pool.remember(conversation_key(served, sent, answer_dict(message)), slot.endpoint)
+    pool.remember(next_key(answer_dict(message)), slot.endpoint)
     extra: dict[str, Any] = {"endpoint": slot.endpoint.shown}
     if slot.affinity:
         extra["affinity"] = True

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -65,15 +65,29 @@ def canonical(message: Mapping[str, Any]) -> bytes:
     return orjson.dumps(shaped, option=orjson.OPT_SORT_KEYS)
 
 
+def _start(model: str) -> Any:
+    """Return a hash that has taken in the model's served name."""
+    h = hashlib.sha256()  # OpenSSL's: faster here than blake2b on long conversations
+    _feed(h, model.encode())
+    return h
+
+
+def _feed(h: Any, part: bytes) -> None:
+    # length-framed, so no two different conversations run together into one byte string
+    h.update(len(part).to_bytes(8, "little"))
+    h.update(part)
+
+
+def _key(h: Any) -> str:
+    return str(h.hexdigest()[:32])
+
+
 def digest(model: str, messages: Iterable[Mapping[str, Any]]) -> str:
     """Return the key of ``messages`` sent to ``model``: a digest, no text."""
-    h = hashlib.blake2b(model.encode(), digest_size=16)
+    h = _start(model)
     for message in messages:
-        part = canonical(message)
-        # length-framed, so no two different conversations run together into one byte string
-        h.update(len(part).to_bytes(8, "little"))
-        h.update(part)
-    return h.hexdigest()
+        _feed(h, canonical(message))
+    return _key(h)
 
 
 def prefix_cut(messages: Sequence[Mapping[str, Any]]) -> int:
@@ -102,6 +116,29 @@ def conversation_key(
 ) -> str:
     """Return the key the next turn's prefix will have: these messages and the answer."""
     return digest(model, [*messages, answer])
+
+
+def affinity_keys(
+    model: str, messages: Sequence[Mapping[str, Any]]
+) -> tuple[str | None, Callable[[Mapping[str, Any]], str]]:
+    """Return :func:`prefix_key` and a function of the answer giving :func:`conversation_key`.
+
+    One pass over the conversation for both (a long one is most of the cost).
+    """
+    cut = prefix_cut(messages)
+    h = _start(model)
+    prefix = None
+    for index, message in enumerate(messages):
+        if index == cut and cut:
+            prefix = _key(h.copy())
+        _feed(h, canonical(message))
+
+    def next_key(answer: Mapping[str, Any]) -> str:
+        whole = h.copy()
+        _feed(whole, canonical(answer))
+        return _key(whole)
+
+    return prefix, next_key
 
 
 class AffinityMap:

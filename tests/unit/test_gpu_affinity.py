@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from backends.gpu_pool import GpuPool
-from backends.gpu_pool.affinity import AffinityMap, conversation_key, prefix_key
+from backends.gpu_pool.affinity import AffinityMap, affinity_keys, conversation_key, prefix_key
 
 MODEL = "llama3.1-8b-instruct"
 SYSTEM = {"role": "system", "content": "Be brief."}
@@ -108,6 +108,18 @@ def test_text_parts_and_a_string_are_the_same_content():
 def test_two_user_turns_without_an_answer_have_a_prefix():
     assert prefix_key(MODEL, [TURN_1, TURN_2]) is not None
     assert prefix_key(MODEL, [TURN_1, TURN_2]) != prefix_key(MODEL, [TURN_2, TURN_1])
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [[TURN_1], [SYSTEM, TURN_1, ANSWER_1, TURN_2], [TURN_1, CALL, RESULT], [TURN_1, TURN_2]],
+    ids=["first", "second", "tool", "two-users"],
+)
+def test_one_pass_gives_both_keys(messages: list[dict[str, Any]]):
+    prefix, next_key = affinity_keys(MODEL, messages)
+    assert prefix == prefix_key(MODEL, messages)
+    assert next_key(ANSWER_1) == conversation_key(MODEL, messages, ANSWER_1)
+    assert next_key(CALL) == conversation_key(MODEL, messages, CALL)
 
 
 def test_the_key_holds_no_text():
