@@ -88,7 +88,7 @@ class HealthCheck:
               url, status: up|down|cooling|half_open|unknown, taking_traffic, reason,
               models, max_model_len, latency_ms, running, waiting, in_flight, load,
               capacity, kv_cache_usage, cooling_until, requests, failed_requests,
-              cooldowns, last_probe_age_s, error}]}}}
+              cooldowns, affinity_requests, last_probe_age_s, error}]}}}
           '503': {description: no backend is up (same body, status down)}
         """
         try:
@@ -352,6 +352,7 @@ def endpoint_view(
         "requests": endpoint.requests,
         "failed_requests": endpoint.failed_requests,
         "cooldowns": endpoint.cooldowns,
+        "affinity_requests": endpoint.affinity_requests,
         "last_probe_age_s": round(now - endpoint.last_probe, 3) if endpoint.last_probe else None,
         "error": error,
     }

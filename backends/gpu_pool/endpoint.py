@@ -53,6 +53,7 @@ class GpuEndpoint:
     requests: int = 0
     failed_requests: int = 0
     cooldowns: int = 0
+    affinity_requests: int = 0  # requests it took because it held their conversation's prefix
     root_url: str = field(init=False)
     shown: str = field(init=False)  # the URL without credentials: in attempts, reasons, logs
 

@@ -308,6 +308,7 @@ class GpuPool:
         """
         endpoint = slot.endpoint
         endpoint.requests += 1
+        endpoint.affinity_requests += int(slot.affinity)
         try:
             yield endpoint
         except BackendError as error:

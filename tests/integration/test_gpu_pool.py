@@ -583,6 +583,7 @@ async def test_a_conversation_stays_on_its_endpoint_within_the_margin(
         assert f"{second.url} holds this conversation's prefix" in result["routing"]["reason"]
     let_go(pool, held)
     assert first.peak == 0
+    assert [e.affinity_requests for e in pool.endpoints] == [0, 2]
     sent = (await received(second.url))[-1]["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant"] * 2 + ["user"]
 
