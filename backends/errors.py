@@ -39,6 +39,9 @@ class BackendError(Exception):
         self.body = body
         self.retry_after_s = retry_after_s  # the backend's Retry-After, when it sent one
         self.latency_ms = 0.0
+        # the caller already holds part of this answer (streamed): another server's answer
+        # cannot be spliced on, so neither a retry nor another endpoint or provider takes it
+        self.partial = False
 
     @property
     def client_error(self) -> bool:

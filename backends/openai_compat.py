@@ -25,6 +25,8 @@ from backends.tokens import count_message_tokens, count_text_tokens
 # Statuses worth one more try on the same backend before falling back.
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _ERROR_TEXT_LIMIT = 500
+# vLLM's finish reason for an answer it cut short itself (it is stopping): not an answer
+ABORTED = "abort"
 
 # A streamed delta as the backend sent it (content, tool_calls, refusal, role),
 # its logprobs and the chunk's system_fingerprint.
@@ -209,6 +211,19 @@ class OpenAICompatClient:
             )
         return BackendError(self.backend, model, f"{type(exc).__name__}: {exc}")
 
+    def _aborted(self, model: str, tokens: int) -> BackendError:
+        # vLLM answers every request in flight this way when it is stopped (SIGTERM with its
+        # default --shutdown-timeout 0: a rolling restart, a scale-down): a 200 whose answer
+        # was cut short. An outage of that server: another endpoint or backend takes it.
+        return BackendError(
+            self.backend,
+            model,
+            f"the server aborted the answer after {tokens} tokens (finish_reason 'abort': "
+            "it was stopping or restarting)",
+            status=503,
+            transient=True,
+        )
+
     def _malformed(self, model: str, what: str) -> BackendError:
         # a backend answering garbage is an outage of that backend, not the caller's fault
         return BackendError(self.backend, model, what, status=502, transient=True)
@@ -236,6 +251,8 @@ class OpenAICompatClient:
             ) from exc
         message.setdefault("role", "assistant")
         usage = body.get("usage") or {}
+        if choice.get("finish_reason") == ABORTED:
+            raise self._aborted(model, int(usage.get("completion_tokens") or 0))
         return ChatResult(
             message=message,
             finish_reason=choice.get("finish_reason"),
@@ -291,6 +308,8 @@ class OpenAICompatClient:
         except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
             raise self._malformed(model, f"bad stream chunk ({type(exc).__name__})") from exc
         message = answer.message()
+        if finish_reason == ABORTED:
+            raise self._aborted(model, int(usage.get("completion_tokens") or 0))
         return ChatResult(
             message=message,
             finish_reason=finish_reason,

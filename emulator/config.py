@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-Fault = Literal["none", "hang", "cut_stream", "bad_json", "no_usage"]
+Fault = Literal["none", "hang", "cut_stream", "bad_json", "no_usage", "abort"]
 
 DEFAULT_MODELS = [
     "llama3.1-8b-instruct",
@@ -49,7 +49,9 @@ class EmulatorConfig(BaseModel):
         description=(
             "Misbehave on every chat request: hang (never answer), cut_stream (close the "
             "connection after a few streamed chunks; a whole answer is cut half way), "
-            "bad_json (200 with a body that is not JSON), no_usage (a 200 answer without usage)."
+            "bad_json (200 with a body that is not JSON), no_usage (a 200 answer without usage), "
+            "abort (a 200 answer whose finish_reason is 'abort', as vLLM answers every request "
+            "in flight when it is stopped)."
         ),
     )
     max_concurrency: int = Field(

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hmac
 import random
+import re
 import socket
 import time
 import uuid
@@ -144,6 +145,8 @@ class _Emulator:
             body = {**body, "stream_options": {"include_usage": False}}
         answer = self._complete(body)
         streamed = isinstance(body, dict) and bool(body.get("stream"))
+        if fault == "abort":
+            return Response(await _aborted(answer), media_type=SSE if streamed else JSON)
         if fault == "no_usage":
             if streamed:
                 return answer  # asked without include_usage above: no usage chunk
@@ -250,6 +253,19 @@ class _Emulator:
                 code="method_not_allowed" if status == 405 else "unknown_url",
             ),
         )
+
+
+async def _aborted(answer: Response) -> bytes:
+    """Return the whole answer with each finish_reason made 'abort' (vLLM stopped mid-answer)."""
+    if isinstance(answer, StreamingResponse):
+        parts = [p if isinstance(p, bytes) else str(p).encode() async for p in answer.body_iterator]
+        whole = b"".join(parts)
+    else:
+        whole = bytes(answer.body)
+    return _FINISHED.sub(b'"finish_reason":"abort"', whole)
+
+
+_FINISHED = re.compile(rb'"finish_reason":\s*"[a-z_]+"')
 
 
 async def _cut(answer: Response, streamed: bool) -> AsyncIterator[bytes]:

@@ -1,8 +1,10 @@
 """Generate the answer on a GPU endpoint; on failure, another endpoint, then serverless.
 
 An endpoint that fails (timeout, connection error, 401, 403, 408, 425, 429,
-5xx) hands the request to another healthy endpoint that serves the model,
-along this node's edge to itself, before the fallback edge to serverless.
+5xx, an answer the server aborted) hands the request to another healthy
+endpoint that serves the model, along this node's edge to itself, before the
+fallback edge to serverless; unless the caller already holds part of the
+answer (streamed), which another endpoint's answer cannot continue.
 
 The request's slot was admitted when ``choose_backend`` chose the pool (it has
 counted in flight since); otherwise this node takes one on the least-loaded
@@ -108,7 +110,7 @@ async def generate_gpu(
     except BackendError as error:
         url = slot.endpoint.shown if slot is not None else None
         attempt = failed_attempt("gpu", model.id, error, url)
-        if not error.client_error and url is not None:
+        if not error.client_error and not error.partial and url is not None:
             if pool.another(served, tokens, tried | ticket.tried | {url}) is not None:
                 # a timeout, a 401 or a blip on this endpoint: another healthy one takes it
                 # before serverless does (this edge before the fallback edge)

@@ -73,7 +73,7 @@ async def generate_serverless(
         )
     except BackendError as error:
         attempt = failed_attempt("serverless", model.id, error, provider=name)
-        if not error.client_error and name is not None:
+        if not error.client_error and not error.partial and name is not None:
             if providers.first(model.id, tokens, skip=tried | {name}) is not None:
                 # the next provider takes it (this edge before the GPU pool's)
                 return Command(goto="generate_serverless", update={**update, "attempts": [attempt]})

@@ -248,6 +248,7 @@ async def call_backend(
         if listeners.sent:
             # the caller already holds part of this answer: a retry would repeat its start
             error.transient = False
+            error.partial = True
             error.detail += " (after the answer began streaming)"
         error.model = model
         error.latency_ms = (time.perf_counter() - started) * 1000

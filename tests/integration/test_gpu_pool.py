@@ -500,6 +500,40 @@ async def test_a_failed_endpoint_then_a_success_on_another_shows_both_attempts(
     assert row.fallbacks == 1
 
 
+async def test_an_answer_the_server_aborted_is_answered_again_by_another_endpoint(
+    harness: Harness, gpus: Callable[..., Awaitable[Gpu]]
+):
+    # a vLLM being stopped (SIGTERM: a rolling restart) answers each request in flight
+    # 200 with finish_reason 'abort' and the answer cut short: not an answer
+    stopping = await gpus(fault="abort")
+    fine = await gpus()
+    services = await services_on(harness, stopping, fine)
+    result = await ask(services, force_backend="gpu")
+    attempts = [(a["status"], a.get("endpoint")) for a in result["routing"]["attempts"]]
+    assert attempts == [("failed", stopping.url), ("ok", fine.url)]
+    assert "aborted" in result["routing"]["attempts"][0]["error"]
+    assert result["completion"]["finish_reason"] != "abort"
+    endpoint = next(e for e in services.gpu_pool.endpoints if e.shown == stopping.url)
+    assert endpoint.failures == 1  # counted against the stopping server
+    (row,) = await services.ledger.rows()
+    assert (row.status, row.fallbacks) == ("ok", 1)
+
+
+async def test_a_stream_the_server_aborted_after_its_first_tokens_goes_to_no_other_endpoint(
+    harness: Harness, gpus: Callable[..., Awaitable[Gpu]]
+):
+    # the caller holds the first tokens: another endpoint's answer cannot be spliced on
+    stopping = await gpus(fault="abort")
+    fine = await gpus()
+    services = await services_on(harness, stopping, fine)
+    result = await ask(services, force_backend="gpu", stream=True)
+    attempts = result["routing"]["attempts"]
+    on_gpu = [(a["status"], a.get("endpoint")) for a in attempts if a["backend"] == "gpu"]
+    assert on_gpu == [("failed", stopping.url)]
+    assert "after the answer began streaming" in attempts[0]["error"]
+    assert await received(fine.url) == []
+
+
 # -- 7. an endpoint serving other models ----------------------------------------------
 
 
