@@ -79,10 +79,20 @@ class Services:
 
 
 def http_client(settings: Settings) -> httpx.AsyncClient:
-    """Build the shared HTTP client (TLS verification stays on)."""
+    """Build the shared HTTP client (TLS verification stays on).
+
+    Idle connections are dropped after ``HTTP_KEEPALIVE_S`` (4 s), before the
+    backends' own idle timeout (5 s on vLLM's uvicorn server): with equal
+    timeouts a request could go out on a connection the server was closing and
+    fail with a ``ReadError`` on a healthy endpoint.
+    """
     return httpx.AsyncClient(
         timeout=httpx.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s),
-        limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+        limits=httpx.Limits(
+            max_connections=512,
+            max_keepalive_connections=128,
+            keepalive_expiry=settings.http_keepalive_s,
+        ),
     )
 
 

@@ -225,6 +225,15 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(
         default=5.0, gt=0.0, description="Timeout to connect to a backend, seconds."
     )
+    http_keepalive_s: float = Field(
+        default=4.0,
+        ge=0.0,
+        description=(
+            "How long an idle connection to a backend is kept for reuse, seconds. Below the "
+            "backends' own idle timeout (vLLM's server closes idle connections after 5 s), so "
+            "the router never sends a request on a connection the server is closing."
+        ),
+    )
     emulator_ttft_ms: float = Field(
         default=40.0, ge=0.0, description="Time to first token of the built-in emulators."
     )
