@@ -6,6 +6,7 @@ puts this folder on ``sys.path``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.metadata
 import ipaddress
@@ -18,7 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,37 @@ def percentile(values: Sequence[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+Calls = Callable[[], Awaitable[Any]]
+"""One path under test: an async call whose duration is measured."""
+
+
+async def interleaved(paths: dict[str, Calls], calls: int, warmup: int) -> dict[str, list[float]]:
+    """Time each path ``calls`` times, interleaved call by call (µs), after ``warmup`` calls.
+
+    The order rotates each round, so no path always runs right after another;
+    between calls the loop runs its other tasks, untimed (the GPU pool's probe,
+    the emulators).
+    """
+    for fn in paths.values():
+        for _ in range(warmup):
+            await fn()
+    out: dict[str, list[float]] = {name: [] for name in paths}
+    names = list(paths)
+    for i in range(calls):
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            await paths[name]()
+            out[name].append((time.perf_counter() - started) * 1e6)
+            await asyncio.sleep(0)  # untimed: the probe and the emulator get their turn
+    return out
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    """p50 and mean of timings in µs."""
+    return {"p50_us": percentile(values, 0.5), "mean_us": statistics.fmean(values)}
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:

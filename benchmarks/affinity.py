@@ -24,10 +24,8 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import statistics
 import tempfile
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +34,10 @@ from _common import (
     LONG_PROMPT,
     emulator_settings,
     guard_loopback,
+    interleaved,
     machine_info,
-    percentile,
     print_machine,
+    stats,
     write_json,
 )
 
@@ -67,28 +66,6 @@ CONVERSATIONS = {
     "3rd turn, short messages": conversation(3, "Tell me more about that."),
     "10th turn, ~4k tokens a turn": conversation(10, LONG_PROMPT[1]["content"] * 4),
 }
-
-Calls = Callable[[], Awaitable[Any]]
-
-
-async def interleaved(paths: dict[str, Calls], calls: int, warmup: int) -> dict[str, list[float]]:
-    for fn in paths.values():
-        for _ in range(warmup):
-            await fn()
-    out: dict[str, list[float]] = {name: [] for name in paths}
-    names = list(paths)
-    for i in range(calls):
-        shift = i % len(names)
-        for name in names[shift:] + names[:shift]:
-            started = time.perf_counter()
-            await paths[name]()
-            out[name].append((time.perf_counter() - started) * 1e6)
-            await asyncio.sleep(0)  # untimed: the probe and the emulator get their turn
-    return out
-
-
-def stats(values: list[float]) -> dict[str, float]:
-    return {"p50_us": percentile(values, 0.5), "mean_us": statistics.fmean(values)}
 
 
 def pool_alone(calls: int, warmup: int) -> dict[str, dict[str, dict[str, float]]]:

@@ -48,7 +48,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict
@@ -61,11 +61,14 @@ from _common import (
     LONG_PROMPT,
     PROSE_PROMPT,
     VERY_LONG_PROMPT,
+    Calls,
     emulator_settings,
     guard_loopback,
+    interleaved,
     machine_info,
     percentile,
     print_machine,
+    stats,
     write_json,
 )
 from langgraph.graph import END, START, StateGraph
@@ -91,9 +94,6 @@ from state.schemas import RouterInput, RouterOutput, RouterState
 from state.settings import Settings
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-Calls = Callable[[], Awaitable[Any]]
 
 
 def direct_post(client: httpx.AsyncClient, url: str) -> Calls:
@@ -122,26 +122,6 @@ async def timed(fn: Calls, calls: int, warmup: int) -> list[float]:
         # times out, and marks the pool down, if CPU-only steps never yield)
         await asyncio.sleep(0)
     return out
-
-
-async def interleaved(paths: dict[str, Calls], calls: int, warmup: int) -> dict[str, list[float]]:
-    for fn in paths.values():
-        for _ in range(warmup):
-            await fn()
-    out: dict[str, list[float]] = {name: [] for name in paths}
-    names = list(paths)
-    for i in range(calls):
-        shift = i % len(names)
-        for name in names[shift:] + names[:shift]:
-            started = time.perf_counter()
-            await paths[name]()
-            out[name].append((time.perf_counter() - started) * 1e6)
-            await asyncio.sleep(0)  # untimed: the probe and the emulator get their turn
-    return out
-
-
-def stats(values: list[float]) -> dict[str, float]:
-    return {"p50_us": percentile(values, 0.5), "mean_us": statistics.fmean(values)}
 
 
 def merge(state: dict[str, Any], update: Any) -> dict[str, Any]:
