@@ -103,17 +103,7 @@ def beat(
             continue
         if row is not None:
             conn.execute(_of(row.id).values(ended_at=row.last_seen_at))
-        conn.execute(
-            insert(PoolInterval).values(
-                endpoint=member.endpoint,
-                instance_type=member.instance_type,
-                hourly_usd=member.hourly_usd,
-                process=process,
-                started_at=now,
-                last_seen_at=now,
-                ended_at=None,
-            )
-        )
+        record_interval(conn, member, now, None, process)
     for row in open_rows.values():  # an endpoint no longer configured: it left at its last beat
         conn.execute(_of(row.id).values(ended_at=row.last_seen_at))
 
@@ -128,9 +118,13 @@ def close(conn: Connection, process: str, now: datetime) -> None:
 
 
 def record_interval(
-    conn: Connection, member: Member, started_at: datetime, ended_at: datetime, process: str
+    conn: Connection,
+    member: Member,
+    started_at: datetime,
+    ended_at: datetime | None,
+    process: str,
 ) -> None:
-    """Write one closed interval (imports of earlier records, and tests)."""
+    """Write one interval: open (``ended_at`` None: last seen at its start) or closed."""
     conn.execute(
         insert(PoolInterval).values(
             endpoint=member.endpoint,
@@ -138,7 +132,7 @@ def record_interval(
             hourly_usd=member.hourly_usd,
             process=process,
             started_at=started_at,
-            last_seen_at=ended_at,
+            last_seen_at=ended_at or started_at,
             ended_at=ended_at,
         )
     )
