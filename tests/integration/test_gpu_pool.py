@@ -587,6 +587,17 @@ def turn(text: str) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": text}]}
 
 
+async def two_gpus_and_a_thread(
+    harness: Harness, gpus: Callable[..., Awaitable[Gpu]]
+) -> tuple[Gpu, Gpu, GpuPool, Context, Any]:
+    """Start two GPU endpoints, probed, with serverless off; a graph with a checkpointer."""
+    first, second = await gpus(), await gpus()
+    services = await services_on(harness, first, second, serverless_ratio=1.0)
+    await services.gpu_pool.probe()
+    threaded = builder.compile(checkpointer=InMemorySaver())
+    return first, second, services.gpu_pool, Context(services=services), threaded
+
+
 def answered(result: dict[str, Any]) -> tuple[str | None, bool]:
     """Return the GPU endpoint that answered and whether affinity chose it."""
     assert result["routing"]["backend"] == "gpu", result["routing"]["reason"]
@@ -597,12 +608,7 @@ def answered(result: dict[str, Any]) -> tuple[str | None, bool]:
 async def test_a_conversation_stays_on_its_endpoint_within_the_margin(
     harness: Harness, gpus: Callable[..., Awaitable[Gpu]]
 ):
-    first, second = await gpus(), await gpus()
-    services = await services_on(harness, first, second, serverless_ratio=1.0)
-    pool = services.gpu_pool
-    await pool.probe()
-    context = Context(services=services)
-    threaded = builder.compile(checkpointer=InMemorySaver())
+    first, second, pool, context, threaded = await two_gpus_and_a_thread(harness, gpus)
 
     held = hold(pool, first, 1)  # turn 1 goes to the second endpoint by load
     one = await threaded.ainvoke(turn("Hello!"), on_thread("c"), context=context)
@@ -626,12 +632,7 @@ async def test_a_conversation_stays_on_its_endpoint_within_the_margin(
 async def test_a_turn_goes_elsewhere_when_its_endpoint_cannot_take_it_and_the_map_follows(
     harness: Harness, gpus: Callable[..., Awaitable[Gpu]], away: str
 ):
-    first, second = await gpus(), await gpus()
-    services = await services_on(harness, first, second, serverless_ratio=1.0)
-    pool = services.gpu_pool
-    await pool.probe()
-    context = Context(services=services)
-    threaded = builder.compile(checkpointer=InMemorySaver())
+    first, second, pool, context, threaded = await two_gpus_and_a_thread(harness, gpus)
 
     held = hold(pool, first, 1)
     one = await threaded.ainvoke(turn("Hello!"), on_thread("c"), context=context)
@@ -662,12 +663,7 @@ async def test_a_turn_goes_elsewhere_when_its_endpoint_cannot_take_it_and_the_ma
 async def test_two_conversations_are_spread_by_load_and_each_keeps_its_endpoint(
     harness: Harness, gpus: Callable[..., Awaitable[Gpu]]
 ):
-    first, second = await gpus(), await gpus()
-    services = await services_on(harness, first, second, serverless_ratio=1.0)
-    pool = services.gpu_pool
-    await pool.probe()
-    context = Context(services=services)
-    threaded = builder.compile(checkpointer=InMemorySaver())
+    first, second, pool, context, threaded = await two_gpus_and_a_thread(harness, gpus)
 
     # started together, the two conversations are spread by load, one on each endpoint
     one_x, one_y = await asyncio.gather(
@@ -684,7 +680,7 @@ async def test_two_conversations_are_spread_by_load_and_each_keeps_its_endpoint(
     # a conversation the pool never answered (its history came from elsewhere) goes by load
     held = hold(pool, first, 1)
     elsewhere = await ask(
-        services,
+        context.services,
         messages=[
             {"role": "user", "content": "Hello!"},
             {"role": "assistant", "content": "Hi from another router."},
@@ -698,11 +694,8 @@ async def test_two_conversations_are_spread_by_load_and_each_keeps_its_endpoint(
 async def test_the_gateways_conversation_stays_on_its_endpoint(
     harness: Harness, gpus: Callable[..., Awaitable[Gpu]], start_gateway: StartGateway
 ):
-    first, second = await gpus(), await gpus()
-    services = await services_on(harness, first, second, serverless_ratio=1.0)
-    pool = services.gpu_pool
-    await pool.probe()
-    gateway = await start_gateway(services)
+    first, second, pool, context, _ = await two_gpus_and_a_thread(harness, gpus)
+    gateway = await start_gateway(context.services)
     messages: list[dict[str, Any]] = [{"role": "user", "content": "Hello!"}]
     held = hold(pool, first, 1)
     async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
